@@ -1,0 +1,201 @@
+"""Blob: an N-d array of values (``data``) and of gradients (``diff``), as in Caffe.
+
+Storage is a flat buffer per role that only grows, so reshaping to a smaller or equal count keeps
+the memory (and every array view handed out before stays valid for the same shape). ``data`` and
+``diff`` are views of those buffers in the blob's current shape. Two blobs can share buffers
+(``share_data``/``share_diff``), which is how shared parameters and in-place layers work.
+
+Layers must not keep a ``data``/``diff`` view across calls: take it afresh in each method.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+
+from minicaffe.errors import ShapeError
+
+_MAX_AXES = 32
+
+
+def _normalize_shape(shape) -> tuple[int, ...]:
+    if len(shape) == 1 and isinstance(shape[0], (list, tuple)):
+        shape = tuple(shape[0])
+    out = tuple(int(d) for d in shape)
+    if len(out) > _MAX_AXES:
+        raise ShapeError(f"a blob has at most {_MAX_AXES} axes; received shape {out}")
+    if any(d < 0 for d in out):
+        raise ShapeError(f"blob dimensions must be >= 0; received shape {out}")
+    return out
+
+
+class _Buffer:
+    """A growable flat array; shared by every blob that shares the role."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array):
+        self.array = array
+
+
+class Blob:
+    """Data + diff arrays of one shape, living on one array module (numpy or cupy)."""
+
+    def __init__(self, *shape, xp=np, dtype=np.float32, name: str = ""):
+        self.xp = xp
+        self.dtype = np.dtype(dtype)
+        self.name = name
+        self._shape: tuple[int, ...] = ()
+        self._count = 1
+        self._data = _Buffer(None)
+        self._diff = _Buffer(None)
+        self.reshape(*shape) if shape else None
+
+    # ------------------------------------------------------------------ shape
+    def reshape(self, *shape) -> None:
+        """Change the shape; memory grows only when the element count grows."""
+        shape = _normalize_shape(shape)
+        self._shape = shape
+        self._count = math.prod(shape)
+
+    def reshape_like(self, other: Blob) -> None:
+        self.reshape(other.shape)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    @property
+    def num_axes(self) -> int:
+        return len(self._shape)
+
+    def canonical_axis(self, axis: int) -> int:
+        """A possibly negative axis index made non-negative, checked against num_axes."""
+        n = len(self._shape)
+        if not -n <= axis < max(n, 1):
+            raise ShapeError(f"axis {axis} is out of range for a blob of shape {self._shape}")
+        return axis + n if axis < 0 else axis
+
+    def count_range(self, start: int, end: int | None = None) -> int:
+        return math.prod(self._shape[start:end])
+
+    def _legacy(self, i: int) -> int:
+        # Caffe's num/channels/height/width: axes 0..3 of a blob of at most 4 axes, 1 if absent.
+        if len(self._shape) > 4:
+            raise ShapeError(f"num/channels/height/width need a blob of <= 4 axes; shape {self._shape}")
+        return self._shape[i] if i < len(self._shape) else 1
+
+    num = property(lambda self: self._legacy(0))
+    channels = property(lambda self: self._legacy(1))
+    height = property(lambda self: self._legacy(2))
+    width = property(lambda self: self._legacy(3))
+
+    # ------------------------------------------------------------------ storage
+    def _view(self, buf: _Buffer):
+        arr = buf.array
+        if arr is None or arr.size < self._count:
+            new = self.xp.zeros(max(self._count, 1), dtype=self.dtype)
+            buf.array = arr = new
+        return arr[: self._count].reshape(self._shape)
+
+    @property
+    def data(self):
+        return self._view(self._data)
+
+    @data.setter
+    def data(self, value) -> None:
+        self._assign(self._data, value)
+
+    @property
+    def diff(self):
+        return self._view(self._diff)
+
+    @diff.setter
+    def diff(self, value) -> None:
+        self._assign(self._diff, value)
+
+    def _assign(self, buf: _Buffer, value) -> None:
+        view = self._view(buf)
+        value = self._as_xp(value)
+        if value.shape != view.shape and value.size == view.size:
+            value = value.reshape(view.shape)
+        view[...] = value
+
+    def _as_xp(self, value):
+        from minicaffe.backend import to_xp
+
+        return to_xp(value, self.xp)
+
+    @property
+    def has_diff(self) -> bool:
+        return self._diff.array is not None
+
+    def share_data(self, other: Blob) -> None:
+        """Use ``other``'s data memory (counts must match)."""
+        self._check_share(other)
+        self._data = other._data
+
+    def share_diff(self, other: Blob) -> None:
+        self._check_share(other)
+        self._diff = other._diff
+
+    def _check_share(self, other: Blob) -> None:
+        if other.count != self.count:
+            raise ShapeError(f"cannot share memory between blobs of {self.count} and {other.count} "
+                             f"elements (shapes {self.shape} and {other.shape})")
+        if other.xp is not self.xp or other.dtype != self.dtype:
+            raise ShapeError("cannot share memory between blobs of different devices or dtypes")
+
+    def to(self, xp) -> None:
+        """Move the blob's buffers to the array module ``xp`` (numpy or cupy)."""
+        from minicaffe.backend import to_xp
+
+        if xp is self.xp:
+            return
+        for buf in (self._data, self._diff):
+            if buf.array is not None:
+                buf.array = to_xp(buf.array, xp)
+        self.xp = xp
+
+    def astype(self, dtype) -> None:
+        dtype = np.dtype(dtype)
+        for buf in (self._data, self._diff):
+            if buf.array is not None:
+                buf.array = buf.array.astype(dtype)
+        self.dtype = dtype
+
+    # ------------------------------------------------------------------ helpers
+    def zero_diff(self) -> None:
+        if self._diff.array is not None:
+            self.diff.fill(0)
+
+    def asum_data(self):
+        return self.xp.abs(self.data).sum()
+
+    def asum_diff(self):
+        return self.xp.abs(self.diff).sum()
+
+    def shape_string(self) -> str:
+        return " ".join(str(d) for d in self._shape) + f" ({self._count})"
+
+    def __repr__(self) -> str:
+        dev = "cpu" if self.xp is np else "gpu"
+        return f"Blob(name={self.name!r}, shape={self._shape}, dtype={self.dtype}, device={dev})"
+
+
+def shape_equals_legacy(shape: Iterable[int], legacy: tuple[int, int, int, int]) -> bool:
+    """Caffe's ShapeEquals for legacy num/channels/height/width dims.
+
+    A blob of at most 4 axes matches when its shape, left-padded with 1s to 4 axes, equals the
+    legacy dims (so an InnerProduct weight (out, in) matches 1x1xoutxin).
+    """
+    shape = tuple(shape)
+    if len(shape) > 4:
+        return False
+    return (1,) * (4 - len(shape)) + shape == tuple(legacy)

@@ -1,0 +1,76 @@
+"""InnerProduct (fully connected): y = x W^T + b over the axes from ``axis`` on."""
+
+from __future__ import annotations
+
+from minicaffe.errors import ShapeError
+from minicaffe.layer import Layer
+from minicaffe.registry import register_layer
+
+
+@register_layer("InnerProduct")
+class InnerProductLayer(Layer):
+    """Fully connected layer.
+
+    Params (inner_product_param): num_output (required), bias_term = true, weight_filler,
+    bias_filler (unset = constant 0), axis = 1, transpose = false.
+    Bottom: x with M = prod(shape[:axis]) rows of K = prod(shape[axis:]) values.
+    Top: shape[:axis] + (num_output,).
+    Blobs: W (num_output, K), or (K, num_output) when transpose; b (num_output,) if bias_term.
+    y = x W^T + b; dW += dy^T x; db += sum_rows dy; dx = dy W.
+    """
+
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = 1
+
+    def setup(self, bottom, top):
+        p = self.layer_param.inner_product_param
+        if not p.HasField("num_output") or p.num_output <= 0:
+            raise self.error("inner_product_param.num_output must be set and > 0")
+        self.n_out = int(p.num_output)
+        self.bias_term = p.bias_term
+        self.transpose = p.transpose
+        self.axis = bottom[0].canonical_axis(p.axis)
+        self.k = bottom[0].count_range(self.axis)
+        w_shape = (self.k, self.n_out) if self.transpose else (self.n_out, self.k)
+        self.init_param(0, w_shape, p.weight_filler if p.HasField("weight_filler") else None)
+        if self.bias_term:
+            self.init_param(1, (self.n_out,), p.bias_filler if p.HasField("bias_filler") else None)
+        elif len(self.blobs) > 1:
+            raise self.error(f"bias_term is false but {len(self.blobs)} parameter blobs were "
+                             "given")
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        self.axis = bottom[0].canonical_axis(self.layer_param.inner_product_param.axis)
+        k = bottom[0].count_range(self.axis)
+        if k != self.k:
+            raise self.error(f"input has {k} values per row (shape {shape}, axis {self.axis}) "
+                             f"but the weights expect {self.k}", ShapeError)
+        top[0].reshape(shape[: self.axis] + (self.n_out,))
+
+    def _weights_nk(self):
+        w = self.blobs[0].data
+        return w.T if self.transpose else w  # (n_out, K) view
+
+    def forward(self, bottom, top):
+        xp = self.xp
+        x = bottom[0].data.reshape(-1, self.k)
+        y = top[0].data.reshape(-1, self.n_out)
+        xp.matmul(x, self._weights_nk().T, out=y)
+        if self.bias_term:
+            y += self.blobs[1].data
+
+    def backward(self, top, propagate_down, bottom):
+        xp = self.xp
+        dy = top[0].diff.reshape(-1, self.n_out)
+        x = bottom[0].data.reshape(-1, self.k)
+        if self.param_propagate_down[0]:
+            wd = self.blobs[0].diff
+            if self.transpose:
+                wd += x.T @ dy
+            else:
+                wd += dy.T @ x
+        if self.bias_term and self.param_propagate_down[1]:
+            self.blobs[1].diff += dy.sum(axis=0)
+        if propagate_down[0]:
+            xp.matmul(dy, self._weights_nk(), out=bottom[0].diff.reshape(-1, self.k))

@@ -1,0 +1,561 @@
+"""Net: builds layers from a NetParameter with Caffe's rules and runs forward and backward.
+
+The public surface follows pycaffe (``net.blobs``, ``net.params``, ``net.forward(**inputs)``,
+``net.backward(**diffs)``, ``net.copy_from``, ``net.save`` ...). Construction follows Caffe's
+Net::Init: upgrade, NetState filtering, split insertion, layer setup in order with in-place tops,
+loss weights, the need-backward analysis (forward sweep, loss pruning, force_backward), net
+outputs sorted by name, and parameter sharing by ParamSpec name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from minicaffe import backend
+from minicaffe.backend import Device, to_xp
+from minicaffe.blob import Blob, shape_equals_legacy
+from minicaffe.errors import MinicaffeError, NetBuildError, WeightsError
+from minicaffe.graph import check_topology, filter_net, insert_splits
+from minicaffe.proto import caffe_pb2
+from minicaffe.registry import create_layer, resolve_device
+
+log = logging.getLogger("minicaffe")
+
+TRAIN = caffe_pb2.TRAIN
+TEST = caffe_pb2.TEST
+
+
+@dataclass
+class CopyReport:
+    """What :meth:`Net.copy_from` did, layer by layer."""
+
+    copied: list[str] = field(default_factory=list)
+    not_in_model: list[str] = field(default_factory=list)   # in the file, not in this net
+    not_in_file: list[str] = field(default_factory=list)    # layers with params kept as filled
+
+    def summary(self) -> str:
+        return (f"copied {len(self.copied)} layers; ignored {len(self.not_in_model)} not in the "
+                f"model; {len(self.not_in_file)} layers with parameters not in the file kept "
+                "their initial values")
+
+
+def _parse_phase(value) -> int:
+    if isinstance(value, str):
+        upper = value.upper()
+        if upper not in ("TRAIN", "TEST"):
+            raise ValueError(f"phase must be TRAIN or TEST; received {value!r}")
+        return TRAIN if upper == "TRAIN" else TEST
+    value = int(value)
+    if value not in (TRAIN, TEST):
+        raise ValueError(f"phase must be TRAIN (0) or TEST (1); received {value}")
+    return value
+
+
+class _Transfer:
+    """A bottom read by a layer on another device: a mirror blob on the layer's device."""
+
+    __slots__ = ("index", "source", "mirror", "in_place")
+
+    def __init__(self, index: int, source: Blob, mirror: Blob, in_place: bool):
+        self.index, self.source, self.mirror, self.in_place = index, source, mirror, in_place
+
+
+class Net:
+    """A Caffe network.
+
+    Forms (as pycaffe): ``Net(model, phase)``, ``Net(model, weights, phase)``, and the keyword
+    form ``Net(model, phase=TEST, weights=None, device=None, level=0, stages=(), dtype=float32)``.
+    ``model`` is a prototxt path, prototxt text, or a NetParameter.
+    """
+
+    def __init__(self, model, *args, phase=None, weights=None, device: Device | None = None,
+                 level: int = 0, stages=(), dtype=np.float32):
+        for arg in args:
+            if isinstance(arg, (str, os.PathLike)) and not (isinstance(arg, str)
+                                                             and arg.upper() in ("TRAIN", "TEST")):
+                weights = arg
+            else:
+                phase = arg
+        self.device = device if device is not None else backend.default_device()
+        self.dtype = np.dtype(dtype)
+        self.source = model if isinstance(model, (str, os.PathLike)) and not isinstance(
+            model, caffe_pb2.NetParameter) else None
+        if isinstance(model, caffe_pb2.NetParameter):
+            from minicaffe.upgrade import upgrade_net
+
+            param, _ = upgrade_net(model, "<NetParameter>")
+        else:
+            from minicaffe.prototxt import read_net_param
+
+            param = read_net_param(model)
+        if phase is not None:
+            param.state.phase = _parse_phase(phase)
+        if level:
+            param.state.level = int(level)
+        if stages:
+            param.state.stage.extend(list(stages))
+        self._build(param)
+        if weights is not None:
+            for path in str(weights).split(","):
+                self.copy_from(path)
+
+    # ------------------------------------------------------------------ construction
+    def _build(self, param) -> None:
+        self.name = param.name
+        self.phase = param.state.phase
+        self.force_backward = param.force_backward
+        self.debug_info = param.debug_info
+        filtered = filter_net(param)
+        self.net_param = insert_splits(filtered)
+        topo = check_topology(self.net_param)
+        for layer in self.net_param.layer:
+            if not layer.HasField("phase"):
+                layer.phase = self.phase
+
+        self.layers = []
+        self._layer_names: list[str] = []
+        self.blobs: OrderedDict[str, Blob] = OrderedDict()
+        self.bottom_names: OrderedDict[str, list[str]] = OrderedDict()
+        self.top_names: OrderedDict[str, list[str]] = OrderedDict()
+        self._bottom_vecs: list[list[Blob]] = []
+        self._top_vecs: list[list[Blob]] = []
+        self._transfers: list[list[_Transfer]] = []
+        self._blob_device: dict[int, Device] = {}
+        self._blob_need_backward: dict[str, bool] = {}
+        self.bottom_need_backward: list[list[bool]] = []
+        self.layer_need_backward: list[bool] = []
+        self._loss_tops: list[list[tuple[int, float, int]]] = []
+        self.blob_loss_weights: OrderedDict[str, float] = OrderedDict()
+        self.inputs = list(topo.inputs)
+        self.outputs = list(topo.outputs)
+        cudnn_fallback: list[str] = []
+        boundaries: list[str] = []
+
+        # parameter sharing state
+        self.learnable_params: list[Blob] = []
+        self.params_lr: list[float] = []
+        self.params_weight_decay: list[float] = []
+        self.has_params_lr: list[bool] = []
+        self.has_params_decay: list[bool] = []
+        self.param_owners: list[int] = []
+        self.param_display_names: list[str] = []
+        self.param_layer_indices: list[tuple[int, int]] = []
+        self.learnable_param_ids: list[int] = []
+        owner_by_name: dict[str, int] = {}
+        all_params: list[Blob] = []
+
+        for li, lp in enumerate(self.net_param.layer):
+            device, fell_back = resolve_device(lp, self.device)
+            if fell_back:
+                cudnn_fallback.append(lp.name)
+            try:
+                layer = create_layer(lp, phase=lp.phase, device=device, dtype=self.dtype)
+            except MinicaffeError:
+                raise
+            if lp.propagate_down and len(lp.propagate_down) != len(lp.bottom):
+                raise NetBuildError(f"layer '{lp.name}' ({lp.type}): propagate_down must be "
+                                    f"given once per bottom ({len(lp.bottom)}) or not at all; "
+                                    f"received {len(lp.propagate_down)}")
+            self.layers.append(layer)
+            self._layer_names.append(lp.name)
+            bottoms, transfers, need_backward = [], [], False
+            bottom_need = []
+            for bi, bname in enumerate(lp.bottom):
+                blob = self.blobs[bname]
+                src_dev = self._blob_device[id(blob)]
+                in_place = bi < len(lp.top) and lp.top[bi] == bname
+                if src_dev != device:
+                    mirror = Blob(*blob.shape, xp=device.xp, dtype=self.dtype, name=bname)
+                    transfers.append(_Transfer(bi, blob, mirror, in_place))
+                    boundaries.append(f"'{bname}' {src_dev} -> {device} for layer '{lp.name}'")
+                    blob = mirror
+                bottoms.append(blob)
+                need = self._blob_need_backward.get(bname, False)
+                if lp.propagate_down:
+                    need = bool(lp.propagate_down[bi])
+                bottom_need.append(need)
+                need_backward |= self._blob_need_backward.get(bname, False)
+            tops, top_names = [], []
+            for ti, tname in enumerate(lp.top):
+                if ti < len(lp.bottom) and lp.bottom[ti] == tname:
+                    tops.append(bottoms[ti])  # in place: the very same blob (or its mirror)
+                else:
+                    blob = Blob(xp=device.xp, dtype=self.dtype, name=tname)
+                    self.blobs[tname] = blob
+                    self._blob_device[id(blob)] = device
+                    tops.append(blob)
+                top_names.append(tname)
+            if layer.auto_top_blobs:
+                while len(tops) < layer.needed_auto_tops():
+                    tops.append(Blob(xp=device.xp, dtype=self.dtype, name="(automatic)"))
+            self.bottom_names[lp.name] = list(lp.bottom)
+            self.top_names[lp.name] = top_names
+            try:
+                layer.set_up(bottoms, tops)
+            except MinicaffeError:
+                raise
+            except Exception as exc:  # a layer bug or unexpected input: name the layer
+                raise NetBuildError(f"layer '{lp.name}' ({lp.type}) failed to set up: "
+                                    f"{type(exc).__name__}: {exc}") from exc
+            for tr in transfers:  # mirrored in-place tops keep the source blob's shape in step
+                if tr.in_place:
+                    tr.source.reshape(tr.mirror.shape)
+            self._bottom_vecs.append(bottoms)
+            self._top_vecs.append(tops)
+            self._transfers.append(transfers)
+            loss_tops = []
+            for ti, blob in enumerate(tops):
+                w = layer.loss_weight(ti)
+                if w != 0:
+                    loss_tops.append((ti, float(w), blob.count))
+                if ti < len(top_names):
+                    self.blob_loss_weights[top_names[ti]] = float(w)
+            self._loss_tops.append(loss_tops)
+
+            # parameters: sharing by ParamSpec name, lr/decay multipliers
+            if len(lp.param) > len(layer.blobs):
+                raise NetBuildError(f"layer '{lp.name}' ({lp.type}) has {len(layer.blobs)} "
+                                    f"parameter blobs but {len(lp.param)} param specs")
+            layer.param_propagate_down = []
+            for pi, pblob in enumerate(layer.blobs):
+                spec = lp.param[pi] if pi < len(lp.param) else caffe_pb2.ParamSpec()
+                pblob.name = f"{lp.name}[{pi}]"
+                net_index = len(all_params)
+                all_params.append(pblob)
+                self.param_layer_indices.append((li, pi))
+                display = spec.name or str(pi)
+                self.param_display_names.append(display)
+                param_need = spec.lr_mult != 0
+                layer.param_propagate_down.append(param_need)
+                need_backward |= param_need
+                if not spec.name or spec.name not in owner_by_name:
+                    if spec.name:
+                        owner_by_name[spec.name] = net_index
+                    self.param_owners.append(-1)
+                    self.learnable_param_ids.append(len(self.learnable_params))
+                    self.learnable_params.append(pblob)
+                    self.params_lr.append(spec.lr_mult)
+                    self.params_weight_decay.append(spec.decay_mult)
+                    self.has_params_lr.append(spec.HasField("lr_mult"))
+                    self.has_params_decay.append(spec.HasField("decay_mult"))
+                else:
+                    owner = owner_by_name[spec.name]
+                    self._share_param(lp, pi, pblob, all_params[owner], spec, owner)
+            self.layer_need_backward.append(need_backward)
+            self.bottom_need_backward.append(bottom_need)
+            for tname in top_names:
+                self._blob_need_backward[tname] = need_backward
+
+        self._all_params = all_params
+        self._prune_backward()
+        self.params = OrderedDict(
+            (layer.name, layer.blobs) for layer in self.layers if layer.blobs)
+        self.layer_dict = OrderedDict(zip(self._layer_names, self.layers, strict=True))
+        if cudnn_fallback:
+            warnings.warn("engine CUDNN requested but no usable GPU (CuPy and a CUDA device); "
+                          f"running on NumPy instead: layers {', '.join(cudnn_fallback)}",
+                          RuntimeWarning, stacklevel=3)
+        self.device_boundaries = boundaries
+        if boundaries:
+            log.info("net %r moves blobs between devices: %s", self.name, "; ".join(boundaries))
+
+    def _share_param(self, lp, pi, blob, owner_blob, spec, owner_index) -> None:
+        strict = spec.share_mode == caffe_pb2.ParamSpec.STRICT
+        if strict and blob.shape != owner_blob.shape:
+            raise NetBuildError(
+                f"layer '{lp.name}' ({lp.type}): shared parameter '{spec.name}' (param {pi}) has "
+                f"shape {blob.shape} but its owner has {owner_blob.shape}; shapes must match in "
+                "STRICT mode (share_mode: PERMISSIVE compares counts only)")
+        if not strict and blob.count != owner_blob.count:
+            raise NetBuildError(
+                f"layer '{lp.name}' ({lp.type}): shared parameter '{spec.name}' (param {pi}) has "
+                f"{blob.count} elements but its owner has {owner_blob.count}")
+        blob.share_data(owner_blob)
+        blob.share_diff(owner_blob)
+        learnable = self.learnable_param_ids[owner_index]
+        self.param_owners.append(owner_index)
+        self.learnable_param_ids.append(learnable)
+        for has, values, mine, what in (
+                (self.has_params_lr, self.params_lr, spec.lr_mult, "lr_mult"),
+                (self.has_params_decay, self.params_weight_decay, spec.decay_mult, "decay_mult")):
+            if not spec.HasField(what):
+                continue
+            if has[learnable]:
+                if values[learnable] != mine:
+                    raise NetBuildError(
+                        f"layer '{lp.name}' ({lp.type}): shared parameter '{spec.name}' has "
+                        f"{what} {mine} but its owner has {values[learnable]}")
+            else:
+                has[learnable] = True
+                values[learnable] = mine
+
+    def _prune_backward(self) -> None:
+        """Caffe's backward sweep: skip layers that do not lead to a loss; force_backward."""
+        under_loss: set[str] = set()
+        skip: set[str] = set()
+        for li in range(len(self.layers) - 1, -1, -1):
+            layer, lp = self.layers[li], self.net_param.layer[li]
+            contributes, skip_down = False, True
+            for ti, tname in enumerate(lp.top):
+                if layer.loss_weight(ti) != 0 or tname in under_loss:
+                    contributes = True
+                if tname not in skip:
+                    skip_down = False
+                if contributes and not skip_down:
+                    break
+            if len(lp.top) == 0:
+                skip_down = True
+            if (self.layer_need_backward[li] and skip_down) or not contributes:
+                self.layer_need_backward[li] = False
+                self.bottom_need_backward[li] = [False] * len(lp.bottom)
+            for bi, bname in enumerate(lp.bottom):
+                if contributes:
+                    under_loss.add(bname)
+                if not self.bottom_need_backward[li][bi]:
+                    skip.add(bname)
+        if self.force_backward:
+            for li, layer in enumerate(self.layers):
+                self.layer_need_backward[li] = True
+                need = self.bottom_need_backward[li]
+                for bi in range(len(need)):
+                    need[bi] = need[bi] or layer.allow_force_backward(bi)
+                layer.param_propagate_down = [True] * len(layer.blobs)
+
+    # ------------------------------------------------------------------ running
+    def _layer_index(self, name: str) -> int:
+        try:
+            return self._layer_names.index(name)
+        except ValueError:
+            raise NetBuildError(f"net {self.name!r} has no layer named {name!r}") from None
+
+    def _sync_in(self, li: int) -> None:
+        for tr in self._transfers[li]:
+            tr.mirror.reshape(tr.source.shape)
+            tr.mirror.data[...] = to_xp(tr.source.data, tr.mirror.xp)
+
+    def _sync_out(self, li: int) -> None:
+        for tr in self._transfers[li]:
+            if tr.in_place:
+                tr.source.reshape(tr.mirror.shape)
+                tr.source.data[...] = to_xp(tr.mirror.data, tr.source.xp)
+
+    def forward_layer(self, li: int):
+        """Reshape and forward layer ``li``; returns its loss contribution (0 if none)."""
+        layer = self.layers[li]
+        bottoms, tops = self._bottom_vecs[li], self._top_vecs[li]
+        if self._transfers[li]:
+            self._sync_in(li)
+        layer.reshape(bottoms, tops)
+        layer.forward(bottoms, tops)
+        if self._transfers[li]:
+            self._sync_out(li)
+        loss = 0.0
+        for k, (ti, w, count) in enumerate(self._loss_tops[li]):
+            top = tops[ti]
+            if top.count != count:  # a reshaped loss top: write its weight again
+                top.diff.fill(w)
+                self._loss_tops[li][k] = (ti, w, top.count)
+            loss = loss + w * top.data.sum(dtype=top.dtype)
+        return loss
+
+    def forward_from_to(self, start: int = 0, end: int | None = None):
+        end = len(self.layers) - 1 if end is None else end
+        loss = 0.0
+        for li in range(start, end + 1):
+            loss = loss + self.forward_layer(li)
+        return loss
+
+    def backward_layer(self, li: int) -> None:
+        if not self.layer_need_backward[li]:
+            return
+        transfers = self._transfers[li]
+        for tr in transfers:
+            if tr.in_place:
+                tr.mirror.diff[...] = to_xp(tr.source.diff, tr.mirror.xp)
+        self.layers[li].backward(self._top_vecs[li], self.bottom_need_backward[li],
+                                 self._bottom_vecs[li])
+        for tr in transfers:
+            if self.bottom_need_backward[li][tr.index]:
+                tr.source.diff[...] = to_xp(tr.mirror.diff, tr.source.xp)
+
+    def backward_from_to(self, start: int | None = None, end: int = 0) -> None:
+        start = len(self.layers) - 1 if start is None else start
+        for li in range(start, end - 1, -1):
+            self.backward_layer(li)
+
+    def forward_prefilled(self):
+        """Forward with whatever the input blobs hold; returns the loss."""
+        return self.forward_from_to()
+
+    def forward_backward(self):
+        loss = self.forward_from_to()
+        self.backward_from_to()
+        return loss
+
+    def forward(self, blobs=None, start: str | None = None, end: str | None = None, **kwargs):
+        """pycaffe's forward: set inputs from ``kwargs``, run layers ``start``..``end``, return
+        {blob name: data} for the net outputs (or ``end``'s tops) plus ``blobs``."""
+        blobs = list(blobs or [])
+        start_i = 0 if start is None else self._layer_index(start)
+        end_i = len(self.layers) - 1 if end is None else self._layer_index(end)
+        if end is not None:
+            outs = [end] if end in self.blobs else self.top_names[end]
+        else:
+            outs = list(self.outputs)
+        if kwargs:
+            unknown = set(kwargs) - set(self.inputs)
+            if unknown:
+                raise NetBuildError(f"forward() received {sorted(unknown)}, which are not net "
+                                    f"inputs; the inputs are {self.inputs}")
+            reshaped = False
+            for name, value in kwargs.items():
+                blob = self.blobs[name]
+                value = np.asarray(value) if not hasattr(value, "__cuda_array_interface__") \
+                    else value
+                if tuple(value.shape) != blob.shape:
+                    blob.reshape(value.shape)
+                    reshaped = True
+                blob.data[...] = to_xp(value, blob.xp)
+            if reshaped:
+                self.reshape()
+        self.loss = self.forward_from_to(start_i, end_i)
+        return {name: self.blobs[name].data for name in dict.fromkeys(outs + blobs)}
+
+    def backward(self, diffs=None, start: str | None = None, end: str | None = None, **kwargs):
+        """pycaffe's backward: set top diffs from ``kwargs``, run layers ``start``..``end`` in
+        reverse, return {blob name: diff} for the net inputs (or ``end``'s bottoms) plus
+        ``diffs``."""
+        diffs = list(diffs or [])
+        start_i = len(self.layers) - 1 if start is None else self._layer_index(start)
+        end_i = 0 if end is None else self._layer_index(end)
+        if end is not None:
+            outs = [end] if end in self.blobs else self.bottom_names[end]
+        else:
+            outs = list(self.inputs)
+        if kwargs:
+            unknown = set(kwargs) - set(self.outputs)
+            if unknown:
+                raise NetBuildError(f"backward() received {sorted(unknown)}, which are not net "
+                                    f"outputs; the outputs are {self.outputs}")
+            for name, value in kwargs.items():
+                blob = self.blobs[name]
+                if tuple(np.shape(value))[:1] != blob.shape[:1]:
+                    raise NetBuildError(f"diff for '{name}' has shape {np.shape(value)}; the "
+                                        f"blob has shape {blob.shape}")
+                blob.diff[...] = to_xp(value, blob.xp)
+        self.backward_from_to(start_i, end_i)
+        return {name: self.blobs[name].diff for name in dict.fromkeys(outs + diffs)}
+
+    def reshape(self) -> None:
+        """Run every layer's reshape (after an input blob changed shape)."""
+        for li, layer in enumerate(self.layers):
+            if self._transfers[li]:
+                for tr in self._transfers[li]:
+                    tr.mirror.reshape(tr.source.shape)
+            layer.reshape(self._bottom_vecs[li], self._top_vecs[li])
+            for tr in self._transfers[li]:
+                if tr.in_place:
+                    tr.source.reshape(tr.mirror.shape)
+
+    def clear_param_diffs(self) -> None:
+        for blob in self.learnable_params:
+            blob.zero_diff()
+
+    # ------------------------------------------------------------------ weights
+    def copy_from(self, weights, *, strict_report: bool = False) -> CopyReport:
+        """Copy parameters from a .caffemodel (or .caffemodel.h5) by layer name."""
+        from minicaffe.prototxt import read_caffemodel
+
+        model = read_caffemodel(weights)
+        return self.copy_from_arrays(model.weights, source=str(weights))
+
+    def copy_from_arrays(self, weights, source: str = "<arrays>") -> CopyReport:
+        """``weights``: iterable of (layer name, [arrays or BlobArrays])."""
+        report = CopyReport()
+        seen = set()
+        for name, blobs in weights:
+            layer = self.layer_dict.get(name)
+            if layer is None:
+                if blobs:
+                    report.not_in_model.append(name)
+                continue
+            if name in seen:
+                continue
+            seen.add(name)
+            if len(blobs) != len(layer.blobs):
+                if not blobs and not layer.blobs:
+                    continue
+                raise WeightsError(
+                    f"{source}: layer '{name}' ({layer.type}) has {len(blobs)} parameter blobs "
+                    f"in the file but {len(layer.blobs)} in the net (e.g. bias_term differs)")
+            for i, (src, dst) in enumerate(zip(blobs, layer.blobs, strict=True)):
+                arr = getattr(src, "data", src)
+                legacy = getattr(src, "legacy", None)
+                arr = np.asarray(arr) if not hasattr(arr, "__cuda_array_interface__") else arr
+                if tuple(arr.shape) != dst.shape:
+                    ok = legacy is not None and shape_equals_legacy(dst.shape, legacy)
+                    if not ok:
+                        raise WeightsError(
+                            f"{source}: cannot copy param {i} of layer '{name}' ({layer.type}): "
+                            f"shape mismatch; the file has {tuple(arr.shape)} "
+                            f"({int(np.prod(arr.shape))}), the net expects {dst.shape} "
+                            f"({dst.count}). To learn this layer from scratch, rename it.")
+                    arr = arr.reshape(dst.shape)
+                dst.data[...] = to_xp(arr, dst.xp, dst.dtype)
+            if layer.blobs:
+                report.copied.append(name)
+        report.not_in_file = [l.name for l in self.layers if l.blobs and l.name not in seen]
+        log.info("%s: %s", source, report.summary())
+        self.last_copy_report = report
+        return report
+
+    def share_with(self, other: Net) -> None:
+        """Share parameter data (not diffs) with ``other``'s layers of the same names."""
+        for layer in self.layers:
+            src = other.layer_dict.get(layer.name)
+            if src is None or not layer.blobs:
+                continue
+            if len(src.blobs) != len(layer.blobs):
+                raise WeightsError(f"layer '{layer.name}': {len(src.blobs)} vs "
+                                   f"{len(layer.blobs)} parameter blobs; cannot share")
+            for i, (a, b) in enumerate(zip(src.blobs, layer.blobs, strict=True)):
+                if a.shape != b.shape:
+                    raise WeightsError(f"layer '{layer.name}' param {i}: shapes {a.shape} and "
+                                       f"{b.shape} differ; cannot share")
+                b.share_data(a)
+
+    def to_proto(self, write_diff: bool = False):
+        """(NetParameter, per-layer arrays) as Caffe's Net::ToProto would write them."""
+        out = caffe_pb2.NetParameter()
+        out.name = self.name
+        arrays = []
+        for layer in self.layers:
+            out.layer.add().CopyFrom(layer.layer_param)
+            arrays.append([(backend.to_numpy(b.data), backend.to_numpy(b.diff))
+                           if write_diff else backend.to_numpy(b.data) for b in layer.blobs])
+        return out, arrays
+
+    def save(self, path, write_diff: bool = False) -> None:
+        """Write the weights as a binary .caffemodel (atomically)."""
+        from minicaffe.prototxt import write_caffemodel
+
+        net, arrays = self.to_proto(write_diff)
+        write_caffemodel(path, net, arrays)
+
+    # ------------------------------------------------------------------ inspection
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self._layer_names)
+
+    def layer_device(self, name: str) -> Device:
+        return self.layer_dict[name].device
+
+    def __repr__(self) -> str:
+        return (f"<Net {self.name!r} phase={'TRAIN' if self.phase == TRAIN else 'TEST'} "
+                f"layers={len(self.layers)} device={self.device}>")
