@@ -1,0 +1,106 @@
+"""The ``minicaffe`` command-line tool: Caffe's commands and flags, plus a few more.
+
+Errors from minicaffe become one line on stderr and exit code 1 (2 for usage errors); ``--debug``
+shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# command name -> module under minicaffe.commands (imported lazily)
+COMMANDS: dict[str, str] = {
+    "train": "train",
+    "test": "test",
+    "time": "time",
+    "device_query": "device_query",
+    "summary": "summary",
+    "upgrade": "upgrade",
+    "draw": "draw",
+    "parse-log": "parse_log",
+    "plot": "plot",
+    "convert-imageset": "convert_imageset",
+    "compute-image-mean": "compute_image_mean",
+}
+ALIASES = {"convert_imageset": "convert-imageset", "compute_image_mean": "compute-image-mean",
+           "parse_log": "parse-log", "device-query": "device_query"}
+
+_HELP_FALLBACK = {
+    "train": "train or fine-tune a model", "test": "score a model",
+    "time": "benchmark a model's layers", "device_query": "show GPU diagnostics",
+    "summary": "print a table of a net's layers", "upgrade": "upgrade a V0/V1 prototxt",
+    "draw": "draw a net graph", "parse-log": "parse a training log into CSV",
+    "plot": "plot training curves from a log",
+    "convert-imageset": "build an LMDB of Datum from an image list",
+    "compute-image-mean": "compute the mean image of a Datum LMDB",
+}
+
+
+def _load(name: str):
+    return importlib.import_module(f"minicaffe.commands.{COMMANDS[name]}")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="minicaffe",
+        description="Run and train Caffe models (prototxt + caffemodel) on NumPy or CuPy.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more (INFO level)")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        if command is not None and name != command:
+            sub.add_parser(name, help=_HELP_FALLBACK.get(name, ""), add_help=False)
+            continue
+        try:
+            module = _load(name)
+        except ModuleNotFoundError:
+            continue
+        p = sub.add_parser(name, help=getattr(module, "HELP", _HELP_FALLBACK.get(name, "")),
+                           description=getattr(module, "DESCRIPTION", None))
+        module.add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from minicaffe.errors import MinicaffeError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Caffe spells some commands with underscores; accept both.
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in ALIASES:
+        argv[argv.index(command)] = command = ALIASES[command]
+    parser = build_parser(command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
+    if args.version:
+        from minicaffe import __version__
+
+        print(f"minicaffe {__version__}")
+        return 0
+    if not args.command:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(_load(args.command).run(args) or 0)
+    except MinicaffeError as exc:
+        if args.debug:
+            raise
+        print(f"minicaffe {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"minicaffe {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (OSError, ValueError) as exc:
+        if args.debug:
+            raise
+        print(f"minicaffe {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
