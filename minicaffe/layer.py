@@ -41,6 +41,8 @@ class Layer:
     auto_top_blobs: ClassVar[bool] = False
     # Loss layers get loss_weight 1 on top 0 when the prototxt gives none.
     is_loss: ClassVar[bool] = False
+    # Layers that need host (NumPy) arrays whatever the net's device (Python layers, writers).
+    host_only: ClassVar[bool] = False
 
     def __init__(self, layer_param, *, phase: int | None = None, device: Device = CPU_DEVICE,
                  dtype=np.float32):

@@ -93,7 +93,13 @@ def layer_engine(layer_param) -> int:
 
 
 def resolve_device(layer_param, net_device: Device) -> tuple[Device, bool]:
-    """The device a layer runs on, and whether a CUDNN request fell back to the CPU."""
+    """The device a layer runs on, and whether a CUDNN request fell back to the CPU.
+
+    A layer class with ``host_only = True`` (Python layers, file writers) always runs on the CPU.
+    """
+    cls = _REGISTRY.get(layer_param.type)
+    if cls is not None and getattr(cls, "host_only", False):
+        return CPU_DEVICE, False
     engine = layer_engine(layer_param)
     if engine == ENGINE_CAFFE:
         return CPU_DEVICE, False
