@@ -132,8 +132,13 @@ def insert_splits(net_param):
             split.top.extend(split_blob_name(top, layer.name, j, k) for k in range(count))
             w = loss_weight.get((i, j), 0.0)
             if w != 0:
+                # Split top 0 carries the loss; consumers take tops 1.. in order. Caffe clears
+                # every loss weight of the producer here; minicaffe zeroes only this top's, so
+                # other weighted tops keep their weight and a loss layer does not get its
+                # default weight of 1 back (documented departure).
                 split.loss_weight.extend([w] + [0.0] * (count - 1))
                 new.loss_weight[j] = 0.0
+                next_split[(i, j)] = 1
     return out
 
 
