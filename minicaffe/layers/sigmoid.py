@@ -1,0 +1,30 @@
+"""Sigmoid: y = 1 / (1 + exp(-x))."""
+
+from __future__ import annotations
+
+from minicaffe.layer import NeuronLayer
+from minicaffe.registry import register_layer
+
+
+@register_layer("Sigmoid")
+class SigmoidLayer(NeuronLayer):
+    """Logistic sigmoid, evaluated as y = 0.5 * tanh(0.5 * x) + 0.5 (no overflow for any x).
+
+    Params (sigmoid_param): engine (parsed, one engine). Bottom: x, any shape. Top: y, same shape.
+    In place allowed: the gradient reads only y. Gradient: dx = dy * y * (1 - y).
+    """
+
+    def forward(self, bottom, top):
+        xp, y = self.xp, top[0].data
+        xp.multiply(bottom[0].data, 0.5, out=y)
+        xp.tanh(y, out=y)
+        y *= 0.5
+        y += 0.5
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        xp, y, dy, dx = self.xp, top[0].data, top[0].diff, bottom[0].diff
+        # dy * y * (1 - y) == dy * (y - y * y); dx may be dy (in place)
+        xp.multiply(dy, y, out=dx)
+        xp.subtract(dx, dx * y, out=dx)

@@ -1,0 +1,27 @@
+"""TanH: y = tanh(x)."""
+
+from __future__ import annotations
+
+from minicaffe.layer import NeuronLayer
+from minicaffe.registry import register_layer
+
+
+@register_layer("TanH")
+class TanHLayer(NeuronLayer):
+    """Hyperbolic tangent.
+
+    Params (tanh_param): engine (parsed, one engine). Bottom: x, any shape. Top: y, same shape.
+    In place allowed: the gradient reads only y. Gradient: dx = dy * (1 - y^2).
+    """
+
+    def forward(self, bottom, top):
+        self.xp.tanh(bottom[0].data, out=top[0].data)
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        xp, y, dy, dx = self.xp, top[0].data, top[0].diff, bottom[0].diff
+        # dy - dy * y^2; dx may be dy (in place)
+        t = y * y
+        t *= dy
+        xp.subtract(dy, t, out=dx)
