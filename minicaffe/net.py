@@ -223,8 +223,9 @@ class Net:
                 raise NetBuildError(f"layer '{lp.name}' ({lp.type}) has {len(layer.blobs)} "
                                     f"parameter blobs but {len(lp.param)} param specs")
             layer.param_propagate_down = []
+            specs = layer.layer_param.param  # a layer's setup may add specs (BatchNorm: lr 0)
             for pi, pblob in enumerate(layer.blobs):
-                spec = lp.param[pi] if pi < len(lp.param) else caffe_pb2.ParamSpec()
+                spec = specs[pi] if pi < len(specs) else caffe_pb2.ParamSpec()
                 pblob.name = f"{lp.name}[{pi}]"
                 net_index = len(all_params)
                 all_params.append(pblob)
