@@ -136,7 +136,8 @@ class BaseDataLayer(Layer):
             raise self.error("the data source holds no records", DataError)
         rng = np.random.default_rng(seed)
         order = self.new_order(rng) if self.shuffle else None
-        cursor = int(rng.integers(self.rand_skip)) if self.rand_skip > 0 else 0
+        skip = min(self.rand_skip, self.num_records)
+        cursor = int(rng.integers(skip)) if skip > 0 else 0
         self._walk = _Walk(cursor, 0, order, rng)  # the producer's position
         self._consumed = self._walk.snapshot()  # the position of the net's next batch
         self._thread: threading.Thread | None = None

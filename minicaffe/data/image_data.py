@@ -1,0 +1,132 @@
+"""ImageData: batches of image files named in a list file, with their labels."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from minicaffe.data.base import BaseDataLayer, slot_array
+from minicaffe.data.image_io import read_image
+from minicaffe.data.transformer import DataTransformer
+from minicaffe.errors import DataError
+from minicaffe.registry import register_layer
+
+
+def parse_image_list(path: str, where: str) -> list[tuple[str, int, int]]:
+    """(file name, label, line number) for each non-blank line ``<file name> <label>`` of
+    ``path``; the line is split at its LAST space, so file names may contain spaces."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except FileNotFoundError:
+        raise DataError(
+            f"{where}: list file '{path}' not found (relative paths are resolved "
+            f"against the current directory, {os.getcwd()})"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{where}: cannot read list file '{path}': {exc}") from None
+    entries = []
+    for no, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line:
+            continue
+        name, sep, label = line.rpartition(" ")
+        try:
+            if not sep or not name.strip():
+                raise ValueError
+            entries.append((name.strip(), int(label), no))
+        except ValueError:
+            raise DataError(
+                f"{where}: '{path}' line {no}: expected '<image path> <integer "
+                f"label>'; received {line!r}"
+            ) from None
+    return entries
+
+
+@register_layer("ImageData")
+class ImageDataLayer(BaseDataLayer):
+    """Images listed in a text file ("path label" per line), decoded as BGR and transformed.
+
+    Params (image_data_param): source (the list file; lines split at the last space),
+    root_folder = "" (prefixed to every path), batch_size = 1, shuffle = false (reshuffled every
+    epoch), rand_skip = 0 (start at a random line in [0, rand_skip)), new_height = new_width = 0
+    (resize when both > 0), is_color = true (3 channels BGR, else 1 grey channel; transform_param
+    force_color / force_gray override it). transform_param as in :class:`DataTransformer`.
+    Tops: data (batch_size, C, H', W'), optional label (batch_size,). All images of a batch must
+    have the same size (use new_height/new_width for mixed sizes).
+    """
+
+    max_top_blobs = 2
+
+    def data_setup(self, top) -> None:
+        p = self.layer_param.image_data_param
+        if p.new_height * p.new_width == 0 and p.new_height + p.new_width > 0:
+            raise self.error(
+                "new_height and new_width must be given together; received "
+                f"new_height={p.new_height}, new_width={p.new_width}",
+                DataError,
+            )
+        deprecated = [f for f in ("scale", "mean_file", "crop_size", "mirror") if p.HasField(f)]
+        if deprecated:
+            raise self.error(
+                f"image_data_param.{', '.join(deprecated)} are deprecated: move "
+                "them into transform_param { ... }",
+                DataError,
+            )
+        self.transformer = DataTransformer(
+            self.layer_param.transform_param, self.phase, where=self.where(), dtype=self.dtype
+        )
+        color = self.transformer.color
+        self._color = bool(p.is_color) if color is None else color
+        self._size = (int(p.new_height), int(p.new_width))
+        self.batch_size = int(p.batch_size)
+        self.shuffle = bool(p.shuffle)
+        self.rand_skip = int(p.rand_skip)
+        self._source = p.source
+        if not p.source:
+            raise self.error("image_data_param.source (the list file) is required", DataError)
+        self._entries = parse_image_list(p.source, self.where())
+        if not self._entries:
+            raise self.error(f"list file '{p.source}' names no images", DataError)
+        self._root = p.root_folder
+        self._labels = np.asarray([e[1] for e in self._entries], dtype=self.dtype)
+        self.num_records = len(self._entries)
+        first = self._read(0)
+        shape = self.transformer.output_shape(*first.shape)
+        top[0].reshape((max(self.batch_size, 1), *shape))
+        if len(top) > 1:
+            top[1].reshape((max(self.batch_size, 1),))
+
+    def _read(self, index: int) -> np.ndarray:
+        name, _, line = self._entries[index]
+        return read_image(
+            self._root + name,
+            height=self._size[0],
+            width=self._size[1],
+            color=self._color,
+            where=f"{self.where()}: '{self._source}' line {line}",
+        )
+
+    def load_batch(self, records, rng, slot):
+        images = [self._read(int(r)) for r in records]  # file I/O: one call per image
+        shape = images[0].shape
+        for r, img in zip(records, images):
+            if img.shape != shape:
+                name, _, line = self._entries[int(r)]
+                raise self.error(
+                    f"image '{self._root + name}' ('{self._source}' line {line}) "
+                    f"is {img.shape[1]}x{img.shape[2]}x{img.shape[0]} (HxWxC) but "
+                    f"the batch's first image is {shape[1]}x{shape[2]}x{shape[0]}; "
+                    "set new_height and new_width to resize",
+                    DataError,
+                )
+        raw = slot_array(slot, "raw", (len(images), *shape), np.uint8)
+        np.stack(images, out=raw)
+        data = slot_array(
+            slot, "data", (len(images), *self.transformer.output_shape(*shape)), self.dtype
+        )
+        self.transformer(raw, rng, out=data)
+        label = slot_array(slot, "label", (len(records),), self.dtype)
+        np.take(self._labels, records, out=label)
+        return [data, label]
