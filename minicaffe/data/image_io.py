@@ -14,29 +14,29 @@ import numpy as np
 
 from minicaffe.errors import DataError
 
+_GREY_MODES = ("1", "L", "I", "I;16", "F", "LA", "La")
 
-def _pil_to_chw(img, color: bool | None, where: str) -> np.ndarray:
-    """A PIL image as uint8 C x H x W: BGR when colour, 1 channel when grey.
+
+def _pil_to_chw(img, color: bool | None, where: str, height: int = 0, width: int = 0):
+    """A PIL image as uint8 C x H x W: BGR when colour, 1 channel when grey; resized (after the
+    colour conversion, as OpenCV reads then resizes) when both sizes are > 0.
 
     ``color``: True = 3 channels, False = 1 channel, None = as stored (grey stays grey).
     """
-    if color is None:
-        color = img.mode not in ("1", "L", "I", "I;16", "F", "LA", "La")
-    try:
-        if color:
-            arr = np.asarray(img.convert("RGB"))
-            return np.ascontiguousarray(arr[:, :, ::-1].transpose(2, 0, 1))
-        return np.asarray(img.convert("L"))[None]
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{where}: cannot decode image: {exc}") from None
-
-
-def _resize(img, height: int, width: int):
     from PIL import Image
 
-    if height > 0 and width > 0 and img.size != (width, height):
-        return img.resize((width, height), Image.BILINEAR)
-    return img
+    if color is None:
+        color = img.mode not in _GREY_MODES
+    try:
+        img = img.convert("RGB" if color else "L")
+        if height > 0 and width > 0 and img.size != (width, height):
+            img = img.resize((width, height), Image.BILINEAR)
+        arr = np.asarray(img)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{where}: cannot decode image: {exc}") from None
+    if color:
+        return np.ascontiguousarray(arr[:, :, ::-1].transpose(2, 0, 1))
+    return arr[None]
 
 
 def read_image(
@@ -49,7 +49,7 @@ def read_image(
     try:
         with Image.open(path) as img:
             img.load()
-            return _pil_to_chw(_resize(img, height, width), color, f"{label}'{path}'")
+            return _pil_to_chw(img, color, f"{label}'{path}'", height, width)
     except FileNotFoundError:
         raise DataError(f"{label}image '{path}' not found") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
@@ -65,7 +65,7 @@ def decode_image_bytes(
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            return _pil_to_chw(_resize(img, height, width), color, where)
+            return _pil_to_chw(img, color, where, height, width)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"{where}: cannot decode the encoded image: {exc}") from None
 
