@@ -200,3 +200,50 @@ def test_float32_batch_stats_close_to_float64():
     (y,) = run_forward(layer, bottom, top)
     np.testing.assert_allclose(y, _batch_ref(x.astype(np.float64), 1e-5)[0], rtol=1e-4, atol=1e-5)
     assert top[0].dtype == np.float32
+
+
+def _chain(tmp_path, in_place: bool, phase_name: str) -> str:
+    names = ["x", "x", "x", "x"] if in_place else ["x", "bn", "sc", "act"]
+    text = f"""
+    force_backward: true
+    layer {{ name: "data" type: "Input" top: "x"
+             input_param {{ shape {{ dim: 3 dim: 4 dim: 2 dim: 2 }} }} }}
+    layer {{ name: "bn" type: "BatchNorm" bottom: "{names[0]}" top: "{names[1]}" }}
+    layer {{ name: "sc" type: "Scale" bottom: "{names[1]}" top: "{names[2]}"
+             scale_param {{ bias_term: true }} }}
+    layer {{ name: "act" type: "PReLU" bottom: "{names[2]}" top: "{names[3]}" }}
+    layer {{ name: "sig" type: "Sigmoid" bottom: "{names[3]}" top: "out" }}
+    """
+    path = tmp_path / f"chain_{in_place}_{phase_name}.prototxt"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("phase", [TRAIN, TEST])
+def test_in_place_chain_in_a_net_matches_distinct_tops(tmp_path, phase):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((3, 4, 2, 2)) * 2 + 0.5
+    dy = rng.standard_normal((3, 4, 2, 2))
+    nets = [
+        Net(_chain(tmp_path, flag, str(phase)), phase, dtype=np.float64) for flag in (False, True)
+    ]
+    for net in nets:
+        net.params["bn"][0].data[...] = [0.2, -0.4, 1.0, 0.0]
+        net.params["bn"][1].data[...] = [1.0, 2.0, 0.5, 3.0]
+        net.params["bn"][2].data[...] = 2.0
+        net.params["sc"][0].data[...] = [1.5, -0.5, 2.0, 0.7]
+        net.params["sc"][1].data[...] = [0.1, 0.2, -0.3, 0.0]
+        net.params["act"][0].data[...] = [0.1, 0.3, -0.2, 0.25]
+        net.blobs["x"].data[...] = x
+        net.forward_prefilled()
+        net.clear_param_diffs()
+        net.blobs["out"].diff[...] = dy
+        net.backward_from_to()
+    ref, inp = nets
+    np.testing.assert_allclose(inp.blobs["out"].data, ref.blobs["out"].data, rtol=1e-12)
+    np.testing.assert_allclose(inp.blobs["x"].diff, ref.blobs["x"].diff, rtol=1e-10, atol=1e-12)
+    for name in ("bn", "sc", "act"):
+        for p, q in zip(ref.params[name], inp.params[name], strict=True):
+            np.testing.assert_allclose(q.data, p.data, rtol=1e-12)
+            if name != "bn":
+                np.testing.assert_allclose(q.diff, p.diff, rtol=1e-10, atol=1e-12)
