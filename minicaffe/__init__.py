@@ -34,6 +34,15 @@ from minicaffe.layer import Layer, LossLayer, NeuronLayer
 from minicaffe.net import TEST, TRAIN, CopyReport, Net
 from minicaffe.prototxt import read_net_param, read_solver_param
 from minicaffe.registry import layer_type_list, register_layer
+from minicaffe.solver import Solver, get_solver
+from minicaffe.solvers import (
+    AdaDeltaSolver,
+    AdaGradSolver,
+    AdamSolver,
+    NesterovSolver,
+    RMSPropSolver,
+    SGDSolver,
+)
 
 __version__ = "0.1.0"
 
@@ -44,4 +53,6 @@ __all__ = [
     "UnknownLayerError", "UpgradeError", "WeightsError", "gpu_available", "layer_type_list",
     "read_net_param", "read_solver_param", "register_layer", "set_device", "set_mode_cpu",
     "set_mode_gpu", "set_random_seed", "__version__",
+    "Solver", "get_solver", "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver",
+    "AdaDeltaSolver", "AdamSolver",
 ]

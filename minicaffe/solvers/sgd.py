@@ -1,0 +1,25 @@
+"""Stochastic gradient descent with momentum (Caffe's ``type: "SGD"``)."""
+
+from __future__ import annotations
+
+from minicaffe.solver import Solver, register_solver
+
+
+@register_solver("SGD")
+class SGDSolver(Solver):
+    """SGD with momentum, the learning rate kept inside the momentum buffer:
+
+        v <- momentum * v + lr * g;   w <- w - v
+
+    ``g`` is the clipped, iter_size-normalised, regularised gradient; ``lr`` = rate * lr_mult.
+    Params read: momentum (0). History: v, one per learnable param. After the step the param's
+    diff holds the update applied (as in Caffe).
+    """
+
+    def compute_update_value(self, pid: int, rate: float) -> None:
+        g = self.net.learnable_params[pid].diff
+        v = self.history[pid]
+        g *= self.local_rate(pid, rate)
+        v *= self.param.momentum
+        v += g
+        g[...] = v
