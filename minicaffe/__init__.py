@@ -15,6 +15,9 @@ from minicaffe.backend import (
     set_random_seed,
 )
 from minicaffe.blob import Blob
+from minicaffe.classifier import Classifier
+from minicaffe.compat import install_caffe_alias
+from minicaffe.detector import Detector
 from minicaffe.errors import (
     DataError,
     DeviceError,
@@ -32,6 +35,7 @@ from minicaffe.errors import (
 )
 from minicaffe.layer import Layer, LossLayer, NeuronLayer
 from minicaffe.net import TEST, TRAIN, CopyReport, Net
+from minicaffe.net_spec import NetSpec, to_proto
 from minicaffe.prototxt import read_net_param, read_solver_param
 from minicaffe.registry import layer_type_list, register_layer
 from minicaffe.solver import Solver, get_solver
@@ -55,4 +59,5 @@ __all__ = [
     "set_mode_gpu", "set_random_seed", "__version__",
     "Solver", "get_solver", "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver",
     "AdaDeltaSolver", "AdamSolver",
+    "Classifier", "Detector", "NetSpec", "install_caffe_alias", "to_proto",
 ]

@@ -20,7 +20,7 @@ import numpy as np
 from minicaffe import backend
 from minicaffe.backend import Device, to_xp
 from minicaffe.blob import Blob, shape_equals_legacy
-from minicaffe.errors import MinicaffeError, NetBuildError, WeightsError
+from minicaffe.errors import MinicaffeError, NetBuildError, ShapeError, WeightsError
 from minicaffe.graph import check_topology, filter_net, insert_splits
 from minicaffe.proto import caffe_pb2
 from minicaffe.registry import create_layer, resolve_device
@@ -55,6 +55,17 @@ def _parse_phase(value) -> int:
     if value not in (TRAIN, TEST):
         raise ValueError(f"phase must be TRAIN (0) or TEST (1); received {value}")
     return value
+
+
+def _is_hdf5(path) -> bool:
+    path = os.fspath(path)
+    if path.endswith((".h5", ".hdf5")):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(8) == b"\x89HDF\r\n\x1a\n"
+    except OSError:
+        return False
 
 
 class _Transfer:
@@ -100,7 +111,13 @@ class Net:
             param.state.level = int(level)
         if stages:
             param.state.stage.extend(list(stages))
-        self._build(param)
+        from minicaffe.layers.python import module_search_dirs
+
+        # Python layer modules are also looked for beside the prototxt (as pycaffe users expect)
+        here = [os.path.dirname(os.path.abspath(os.fspath(self.source)))] if (
+            self.source is not None and os.path.isfile(os.fspath(self.source))) else []
+        with module_search_dirs(here):
+            self._build(param)
         if weights is not None:
             for path in str(weights).split(","):
                 self.copy_from(path)
@@ -120,6 +137,8 @@ class Net:
 
         self.layers = []
         self._layer_names: list[str] = []
+        self._hooks: dict[str, list] = {"before_forward": [], "after_forward": [],
+                                        "before_backward": [], "after_backward": []}
         self.blobs: OrderedDict[str, Blob] = OrderedDict()
         self.bottom_names: OrderedDict[str, list[str]] = OrderedDict()
         self.top_names: OrderedDict[str, list[str]] = OrderedDict()
@@ -368,8 +387,13 @@ class Net:
     def forward_from_to(self, start: int = 0, end: int | None = None):
         end = len(self.layers) - 1 if end is None else end
         loss = 0.0
+        before, after = self._hooks["before_forward"], self._hooks["after_forward"]
         for li in range(start, end + 1):
+            for hook in before:
+                hook(li)
             loss = loss + self.forward_layer(li)
+            for hook in after:
+                hook(li)
         return loss
 
     def backward_layer(self, li: int) -> None:
@@ -387,8 +411,13 @@ class Net:
 
     def backward_from_to(self, start: int | None = None, end: int = 0) -> None:
         start = len(self.layers) - 1 if start is None else start
+        before, after = self._hooks["before_backward"], self._hooks["after_backward"]
         for li in range(start, end - 1, -1):
+            for hook in before:
+                hook(li)
             self.backward_layer(li)
+            for hook in after:
+                hook(li)
 
     def forward_prefilled(self):
         """Forward with whatever the input blobs hold; returns the loss."""
@@ -400,15 +429,19 @@ class Net:
         return loss
 
     def forward(self, blobs=None, start: str | None = None, end: str | None = None, **kwargs):
-        """pycaffe's forward: set inputs from ``kwargs``, run layers ``start``..``end``, return
-        {blob name: data} for the net outputs (or ``end``'s tops) plus ``blobs``."""
+        """pycaffe's forward: copy ``kwargs`` (input name -> array) into the input blobs, run
+        layers ``start``..``end`` (layer names, both inclusive), and return {blob name: data}
+        for the net outputs (or the tops of layer ``end``) plus the blobs named in ``blobs``.
+
+        As in pycaffe the returned arrays are the blobs' own memory (NumPy views on the CPU;
+        host copies on a GPU net), overwritten by the next pass. Unlike pycaffe, an input of a
+        new shape reshapes the net instead of failing, and a subset of the inputs may be given.
+        """
         blobs = list(blobs or [])
         start_i = 0 if start is None else self._layer_index(start)
         end_i = len(self.layers) - 1 if end is None else self._layer_index(end)
-        if end is not None:
-            outs = [end] if end in self.blobs else self.top_names[end]
-        else:
-            outs = list(self.outputs)
+        outs = list(self.top_names[end]) if end is not None else list(self.outputs)
+        self._check_blob_names(blobs, "forward", "blobs")
         if kwargs:
             unknown = set(kwargs) - set(self.inputs)
             if unknown:
@@ -426,19 +459,18 @@ class Net:
             if reshaped:
                 self.reshape()
         self.loss = self.forward_from_to(start_i, end_i)
-        return {name: self.blobs[name].data for name in dict.fromkeys(outs + blobs)}
+        return {name: backend.to_numpy(self.blobs[name].data)
+                for name in dict.fromkeys(outs + blobs)}
 
     def backward(self, diffs=None, start: str | None = None, end: str | None = None, **kwargs):
-        """pycaffe's backward: set top diffs from ``kwargs``, run layers ``start``..``end`` in
-        reverse, return {blob name: diff} for the net inputs (or ``end``'s bottoms) plus
-        ``diffs``."""
+        """pycaffe's backward: copy ``kwargs`` (output name -> array) into the output diffs, run
+        layers ``start``..``end`` in reverse, and return {blob name: diff} for the net inputs
+        (or the bottoms of layer ``end``) plus the blobs named in ``diffs``."""
         diffs = list(diffs or [])
         start_i = len(self.layers) - 1 if start is None else self._layer_index(start)
         end_i = 0 if end is None else self._layer_index(end)
-        if end is not None:
-            outs = [end] if end in self.blobs else self.bottom_names[end]
-        else:
-            outs = list(self.inputs)
+        outs = list(self.bottom_names[end]) if end is not None else list(self.inputs)
+        self._check_blob_names(diffs, "backward", "diffs")
         if kwargs:
             unknown = set(kwargs) - set(self.outputs)
             if unknown:
@@ -446,12 +478,180 @@ class Net:
                                     f"outputs; the outputs are {self.outputs}")
             for name, value in kwargs.items():
                 blob = self.blobs[name]
-                if tuple(np.shape(value))[:1] != blob.shape[:1]:
-                    raise NetBuildError(f"diff for '{name}' has shape {np.shape(value)}; the "
-                                        f"blob has shape {blob.shape}")
-                blob.diff[...] = to_xp(value, blob.xp)
+                shape = tuple(np.shape(value))
+                if shape[:1] != blob.shape[:1] or int(np.prod(shape)) != blob.count:
+                    raise ShapeError(f"backward(): the diff for '{name}' has shape {shape}; the "
+                                     f"blob has shape {blob.shape} (the batch size must match)")
+                blob.diff[...] = to_xp(value, blob.xp).reshape(blob.shape)
         self.backward_from_to(start_i, end_i)
-        return {name: self.blobs[name].diff for name in dict.fromkeys(outs + diffs)}
+        return {name: backend.to_numpy(self.blobs[name].diff)
+                for name in dict.fromkeys(outs + diffs)}
+
+    def _check_blob_names(self, names, method: str, arg: str) -> None:
+        unknown = [n for n in names if n not in self.blobs]
+        if unknown:
+            raise NetBuildError(f"{method}(): {arg} names {unknown}, which are not blobs of net "
+                                f"{self.name!r}; its blobs are {list(self.blobs)}")
+
+    # ------------------------------------------------------------------ pycaffe batching
+    def _batch(self, arrays: dict):
+        """Yield dicts of batch-sized slices of ``arrays`` (name -> array of N items), the last
+        one zero-padded to the batch size, as pycaffe's Net._batch."""
+        if not arrays:
+            return
+        lengths = {name: len(value) for name, value in arrays.items()}
+        if len(set(lengths.values())) != 1:
+            raise ShapeError(f"all arrays must hold the same number of items; received {lengths}")
+        num = next(iter(lengths.values()))
+        first = next(iter(arrays))
+        batch = self.blobs[first].shape[0] if self.blobs[first].shape else 1
+        if batch <= 0:
+            raise ShapeError(f"blob '{first}' has batch size 0; reshape it before batching")
+        for i in range(0, num - num % batch, batch):
+            yield {name: value[i:i + batch] for name, value in arrays.items()}
+        rest = num % batch
+        if rest:
+            padded = {}
+            for name, value in arrays.items():
+                value = np.asarray(backend.to_numpy(value))
+                pad = np.zeros((batch - rest,) + value.shape[1:], dtype=value.dtype)
+                padded[name] = np.concatenate([value[num - rest:], pad])
+            yield padded
+
+    @staticmethod
+    def _gather(parts: dict, num: int | None, batch: int | None) -> dict:
+        """Join per-batch results; batch-shaped ones are concatenated and trimmed to ``num``."""
+        out = {}
+        for name, chunks in parts.items():
+            if num is not None and chunks and all(c.ndim and c.shape[0] == batch for c in chunks):
+                out[name] = np.concatenate(chunks)[:num]
+            elif len(chunks) == 1:
+                out[name] = chunks[0]
+            else:  # not batch-shaped (a scalar loss, say): one entry per batch
+                out[name] = np.stack(chunks)
+        return out
+
+    def forward_all(self, blobs=None, **kwargs) -> dict:
+        """Forward any number of input items in batches of the net's batch size.
+
+        ``kwargs``: input name -> array of N items (any N). The last batch is zero-padded and
+        the padding trimmed from the results. Returns {name: array of N items} for the outputs
+        and the blobs named in ``blobs`` (copies, not views). Without inputs: one pass.
+        """
+        names = list(dict.fromkeys(list(self.outputs) + list(blobs or [])))
+        parts: dict[str, list] = {name: [] for name in names}
+        num = batch = None
+        if kwargs:
+            num = len(next(iter(kwargs.values())))
+            batch = self.blobs[next(iter(kwargs))].shape[0]
+        for chunk in (self._batch(kwargs) if kwargs else [{}]):
+            outs = self.forward(blobs=blobs, **chunk)
+            for name in names:
+                parts[name].append(np.array(outs[name], copy=True))
+        return self._gather(parts, num, batch)
+
+    def forward_backward_all(self, blobs=None, diffs=None, **kwargs):
+        """forward_all and backward together: ``kwargs`` holds inputs (fed forward) and
+        outputs (their diffs fed backward), each of N items. Returns (outputs, diffs) dicts."""
+        import itertools
+
+        inputs = {k: v for k, v in kwargs.items() if k in self.inputs}
+        top_diffs = {k: v for k, v in kwargs.items() if k in self.outputs}
+        unknown = set(kwargs) - set(inputs) - set(top_diffs)
+        if unknown:
+            raise NetBuildError(f"forward_backward_all() received {sorted(unknown)}, which are "
+                                f"neither inputs {self.inputs} nor outputs {self.outputs}")
+        out_names = list(dict.fromkeys(list(self.outputs) + list(blobs or [])))
+        diff_names = list(dict.fromkeys(list(self.inputs) + list(diffs or [])))
+        outs: dict[str, list] = {n: [] for n in out_names}
+        grads: dict[str, list] = {n: [] for n in diff_names}
+        fwd = self._batch(inputs) if inputs else iter([{}])
+        bwd = self._batch(top_diffs) if top_diffs else iter(())
+        for f, b in itertools.zip_longest(fwd, bwd, fillvalue={}):
+            o = self.forward(blobs=blobs, **f)
+            g = self.backward(diffs=diffs, **b)
+            for n in out_names:
+                outs[n].append(np.array(o[n], copy=True))
+            for n in diff_names:
+                grads[n].append(np.array(g[n], copy=True))
+        source = inputs or top_diffs
+        num = len(next(iter(source.values()))) if source else None
+        batch = self.blobs[next(iter(source))].shape[0] if source else None
+        return self._gather(outs, num, batch), self._gather(grads, num, batch)
+
+    # ------------------------------------------------------------------ pycaffe raw bindings
+    def _forward(self, start: int, end: int):
+        return self.forward_from_to(start, end)
+
+    def _backward(self, start: int, end: int) -> None:
+        self.backward_from_to(start, end)
+
+    @property
+    def _blob_names(self) -> list[str]:
+        return list(self.blobs)
+
+    @property
+    def _blobs(self) -> list[Blob]:
+        return list(self.blobs.values())
+
+    @property
+    def _inputs(self) -> list[int]:
+        names = list(self.blobs)
+        return [names.index(n) for n in self.inputs]
+
+    @property
+    def _outputs(self) -> list[int]:
+        names = list(self.blobs)
+        return [names.index(n) for n in self.outputs]
+
+    @property
+    def _blob_loss_weights(self) -> list[float]:
+        return [self.blob_loss_weights.get(n, 0.0) for n in self.blobs]
+
+    def _top_ids(self, i: int) -> list[int]:
+        names = list(self.blobs)
+        return [names.index(n) for n in self.top_names[self._layer_names[i]]]
+
+    def _bottom_ids(self, i: int) -> list[int]:
+        names = list(self.blobs)
+        return [names.index(n) for n in self.bottom_names[self._layer_names[i]]]
+
+    def before_forward(self, func) -> None:
+        """Call ``func(layer_index)`` before each layer's forward (pycaffe's hook)."""
+        self._hooks["before_forward"].append(func)
+
+    def after_forward(self, func) -> None:
+        self._hooks["after_forward"].append(func)
+
+    def before_backward(self, func) -> None:
+        self._hooks["before_backward"].append(func)
+
+    def after_backward(self, func) -> None:
+        self._hooks["after_backward"].append(func)
+
+    def set_input_arrays(self, data, labels) -> None:
+        """Hand (data, labels) to the net's first MemoryData layer (pycaffe's call).
+
+        ``data``: float32 N x C x H x W; ``labels``: N values (1-D is reshaped to N x 1 x 1 x 1).
+        The layer keeps using these arrays; N must be a multiple of its batch_size.
+        """
+        layer = next((l for l in self.layers if l.type == "MemoryData"), None)
+        if layer is None:
+            raise NetBuildError(f"set_input_arrays needs a MemoryData layer; net {self.name!r} "
+                                f"has none (its layer types: {[l.type for l in self.layers]})")
+        data = np.ascontiguousarray(backend.to_numpy(data), dtype=np.float32)
+        labels = np.asarray(backend.to_numpy(labels), dtype=np.float32)
+        if labels.ndim == 1:
+            labels = labels.reshape(-1, 1, 1, 1)
+        labels = np.ascontiguousarray(labels)
+        if data.ndim != 4 or labels.ndim != 4:
+            raise ShapeError(f"layer '{layer.name}' (MemoryData): set_input_arrays needs 4-D data "
+                             f"and labels; received data {data.shape}, labels {labels.shape}")
+        if data.shape[0] != labels.shape[0]:
+            raise ShapeError(f"layer '{layer.name}' (MemoryData): data has {data.shape[0]} items "
+                             f"but labels {labels.shape[0]}")
+        self._input_arrays = (data, labels)  # the layer reads them later; keep them alive
+        layer.reset(data, labels)
 
     def reshape(self) -> None:
         """Run every layer's reshape (after an input blob changed shape)."""
@@ -473,6 +673,8 @@ class Net:
         """Copy parameters from a .caffemodel (or .caffemodel.h5) by layer name."""
         from minicaffe.prototxt import read_caffemodel
 
+        if _is_hdf5(weights):
+            return self.load_hdf5(weights)
         model = read_caffemodel(weights)
         return self.copy_from_arrays(model.weights, source=str(weights))
 
@@ -513,6 +715,90 @@ class Net:
                 report.copied.append(name)
         report.not_in_file = [l.name for l in self.layers if l.blobs and l.name not in seen]
         log.info("%s: %s", source, report.summary())
+        self.last_copy_report = report
+        return report
+
+    def save_hdf5(self, path, write_diff: bool = False) -> None:
+        """Write the parameters as Caffe's HDF5 weights: ``/data/<layer>/<i>`` datasets (and
+        ``/diff/<layer>/<i>`` with ``write_diff``), one group per layer; a shared parameter is
+        written only by its owner. The file is replaced atomically."""
+        import tempfile
+
+        import h5py
+
+        path = os.fspath(path)
+        owner_of = dict(zip(self.param_layer_indices, self.param_owners))
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=folder)
+        os.close(fd)
+        try:
+            with h5py.File(tmp, "w") as f:
+                roles = [("data", "data")] + ([("diff", "diff")] if write_diff else [])
+                for group_name, role in roles:
+                    group = f.create_group(group_name)
+                    for li, layer in enumerate(self.layers):
+                        lg = group.require_group(layer.name)
+                        for pi, blob in enumerate(layer.blobs):
+                            if owner_of.get((li, pi), -1) != -1:
+                                continue
+                            arr = backend.to_numpy(getattr(blob, role))
+                            lg.create_dataset(str(pi), data=np.ascontiguousarray(arr))
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+
+    def load_hdf5(self, path) -> CopyReport:
+        """Copy parameters from Caffe HDF5 weights (``/data/<layer>/<i>``) by layer name.
+
+        Layers absent from the file keep their values; a dataset may be missing only for a
+        parameter shared from another layer (Caffe writes shared parameters once)."""
+        import h5py
+
+        path = os.fspath(path)
+        owner_of = dict(zip(self.param_layer_indices, self.param_owners))
+        report = CopyReport()
+        try:
+            f = h5py.File(path, "r")
+        except OSError as exc:
+            raise WeightsError(f"{path}: cannot open as HDF5 weights ({exc})") from None
+        with f:
+            if "data" not in f:
+                raise WeightsError(f"{path}: not Caffe HDF5 weights: no /data group (expected "
+                                   "/data/<layer>/<index> datasets)")
+            group = f["data"]
+            names = set(self._layer_names)
+            tops = {n.split("/")[0] for n in names}
+            report.not_in_model = [n for n in group if n not in tops]
+            for li, layer in enumerate(self.layers):
+                lg = group.get(layer.name)
+                if lg is None or not isinstance(lg, h5py.Group):
+                    if layer.blobs:
+                        report.not_in_file.append(layer.name)
+                    continue
+                stored = [k for k in lg if isinstance(lg[k], h5py.Dataset)]
+                if len(stored) > len(layer.blobs):
+                    raise WeightsError(f"{path}: layer '{layer.name}' ({layer.type}) has "
+                                       f"{len(stored)} parameter blobs in the file but "
+                                       f"{len(layer.blobs)} in the net")
+                for pi, blob in enumerate(layer.blobs):
+                    if str(pi) not in lg:
+                        if owner_of.get((li, pi), -1) != -1:
+                            continue
+                        raise WeightsError(f"{path}: layer '{layer.name}' ({layer.type}) has no "
+                                           f"dataset /data/{layer.name}/{pi}; the net has "
+                                           f"{len(layer.blobs)} parameter blobs for it")
+                    arr = np.asarray(lg[str(pi)])
+                    if tuple(arr.shape) != blob.shape:
+                        raise WeightsError(
+                            f"{path}: cannot copy param {pi} of layer '{layer.name}' "
+                            f"({layer.type}): shape mismatch; the file has {tuple(arr.shape)}, "
+                            f"the net expects {blob.shape}")
+                    blob.data[...] = to_xp(arr, blob.xp, blob.dtype)
+                if layer.blobs:
+                    report.copied.append(layer.name)
+        log.info("%s: %s", path, report.summary())
         self.last_copy_report = report
         return report
 
