@@ -322,14 +322,16 @@ class Net:
         for li in range(len(self.layers) - 1, -1, -1):
             layer, lp = self.layers[li], self.net_param.layer[li]
             contributes, skip_down = False, True
-            for ti, tname in enumerate(lp.top):
+            # Auto tops of loss layers (no name in the prototxt) count too, as in Caffe.
+            names = list(lp.top) + [None] * (len(self._top_vecs[li]) - len(lp.top))
+            for ti, tname in enumerate(names):
                 if layer.loss_weight(ti) != 0 or tname in under_loss:
                     contributes = True
                 if tname not in skip:
                     skip_down = False
                 if contributes and not skip_down:
                     break
-            if len(lp.top) == 0:
+            if not names:
                 skip_down = True
             if (self.layer_need_backward[li] and skip_down) or not contributes:
                 self.layer_need_backward[li] = False
