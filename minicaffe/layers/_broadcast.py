@@ -33,13 +33,15 @@ class Broadcast(NamedTuple):
         """A parameter array as (1, dim, 1), ready to broadcast against :meth:`view`."""
         return arr.reshape(1, self.dim, 1)
 
-    def reduce(self, arr3):
+    def reduce(self, xp, arr3):
         """Sum an (outer, dim, inner) array over outer and inner: shape (dim,)."""
-        if self.inner == 1:
+        if self.inner == 1:  # einsum is slow for this layout
             return arr3.reshape(self.outer, self.dim).sum(axis=0)
-        if self.outer == 1:
-            return arr3.reshape(self.dim, self.inner).sum(axis=1)
-        return arr3.sum(axis=(0, 2))
+        return xp.einsum("odi->d", arr3)
+
+    def reduce_product(self, xp, a3, b3):
+        """Sum of a3 * b3 over outer and inner (shape (dim,)), without a temporary product."""
+        return xp.einsum("odi,odi->d", a3, b3)
 
 
 def param_shape(layer, shape: tuple[int, ...], axis: int, num_axes: int) -> tuple[int, ...]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from minicaffe.layer import NeuronLayer
-from minicaffe.layers._broadcast import keep_input, saved_input
+from minicaffe.layers._broadcast import keep_input, saved_input, scratch
 from minicaffe.registry import register_layer
 
 
@@ -24,5 +24,6 @@ class AbsValLayer(NeuronLayer):
         if not propagate_down[0]:
             return
         xp, dx = self.xp, bottom[0].diff
-        s = xp.sign(saved_input(self, bottom, top))
+        s = scratch(self, "sign", dx.shape)
+        xp.sign(saved_input(self, bottom, top), out=s)
         xp.multiply(top[0].diff, s, out=dx)

@@ -76,13 +76,11 @@ class BatchNormLayer(NeuronLayer):
             inv = 1.0 / xp.where(factor == 0, xp.inf, factor)
             mean, var = mean_sum * inv, var_sum * inv
         else:
-            mean = x3.sum(axis=(0, 2))
+            mean = xp.einsum("ncs->c", x3)
             mean /= m
         xp.subtract(x3, mean.reshape(1, c, 1), out=y3)
         if not self.global_stats:
-            sq = self._view(scratch(self, "sq", top[0].shape))
-            xp.multiply(y3, y3, out=sq)
-            var = sq.sum(axis=(0, 2))
+            var = xp.einsum("ncs,ncs->c", y3, y3)
             var /= m
             factor *= self.fraction
             factor += 1
@@ -109,10 +107,9 @@ class BatchNormLayer(NeuronLayer):
             return
         m = self.n * self.spatial
         y3 = self._view(scratch(self, "x_norm", top[0].shape))
-        t = self._view(scratch(self, "sq", top[0].shape))
-        xp.multiply(dy3, y3, out=t)
-        mean_dyy = t.sum(axis=(0, 2)).reshape(1, c, 1) / m
-        mean_dy = dy3.sum(axis=(0, 2)).reshape(1, c, 1) / m
+        mean_dyy = xp.einsum("ncs,ncs->c", dy3, y3).reshape(1, c, 1) / m
+        mean_dy = xp.einsum("ncs->c", dy3).reshape(1, c, 1) / m
+        t = self._view(scratch(self, "tmp", top[0].shape))
         xp.multiply(y3, mean_dyy, out=t)
         xp.subtract(dy3, t, out=dx3)  # dx may be dy (in place): both means are taken already
         dx3 -= mean_dy

@@ -55,8 +55,8 @@ class BiasLayer(Layer):
     def backward(self, top, propagate_down, bottom):
         bc, dy = self.bc, top[0].diff
         if len(bottom) > 1 and propagate_down[1]:
-            bottom[1].diff[...] = bc.reduce(bc.view(dy)).reshape(bottom[1].shape)
+            bottom[1].diff[...] = bc.reduce(self.xp, bc.view(dy)).reshape(bottom[1].shape)
         elif len(bottom) == 1 and self.param_propagate_down[0]:
-            self.blobs[0].diff += bc.reduce(bc.view(dy)).reshape(self.blobs[0].shape)
+            self.blobs[0].diff += bc.reduce(self.xp, bc.view(dy)).reshape(self.blobs[0].shape)
         if propagate_down[0] and top[0] is not bottom[0]:
             bottom[0].diff[...] = dy

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from minicaffe.layer import NeuronLayer
+from minicaffe.layers._broadcast import scratch
 from minicaffe.registry import register_layer
 
 
@@ -17,7 +18,8 @@ class BNLLLayer(NeuronLayer):
 
     def forward(self, bottom, top):
         xp, x, y = self.xp, bottom[0].data, top[0].data
-        t = xp.abs(x)
+        t = scratch(self, "tmp", x.shape)
+        xp.abs(x, out=t)
         xp.negative(t, out=t)
         xp.exp(t, out=t)
         xp.log1p(t, out=t)
@@ -28,7 +30,8 @@ class BNLLLayer(NeuronLayer):
         if not propagate_down[0]:
             return
         xp, y, dx = self.xp, top[0].data, bottom[0].diff
-        t = xp.negative(y)
+        t = scratch(self, "tmp", y.shape)
+        xp.negative(y, out=t)
         xp.expm1(t, out=t)  # e^-y - 1 = -sigmoid(x)
         xp.negative(t, out=t)
         xp.multiply(top[0].diff, t, out=dx)

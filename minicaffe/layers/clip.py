@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from minicaffe.layer import NeuronLayer
-from minicaffe.layers._broadcast import keep_input, saved_input
+from minicaffe.layers._broadcast import keep_input, saved_input, scratch
 from minicaffe.registry import register_layer
 
 
@@ -36,6 +36,9 @@ class ClipLayer(NeuronLayer):
         if not propagate_down[0]:
             return
         xp, x = self.xp, saved_input(self, bottom, top)
-        inside = x >= self.lo
-        inside &= x <= self.hi
+        inside = scratch(self, "inside", x.shape, bool)
+        above = scratch(self, "above", x.shape, bool)
+        xp.greater_equal(x, self.lo, out=inside)
+        xp.less_equal(x, self.hi, out=above)
+        inside &= above
         xp.multiply(top[0].diff, inside, out=bottom[0].diff)

@@ -33,11 +33,13 @@ class ELULayer(NeuronLayer):
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
-        xp, y, dy, dx = self.xp, top[0].data, top[0].diff, bottom[0].diff
+        xp, y, dy = self.xp, top[0].data, top[0].diff
         x = saved_input(self, bottom, top) if self.alpha < 0 else bottom[0].data
-        neg = x <= 0
+        # factor = 1 + [x <= 0] * (y + alpha - 1)
+        m = scratch(self, "mask", y.shape)
+        xp.less_equal(x, 0, out=m)
         t = scratch(self, "neg", y.shape)
-        xp.add(y, self.alpha, out=t)
-        if top[0] is not bottom[0]:
-            dx[...] = dy
-        xp.multiply(dx, t, out=dx, where=neg)
+        xp.add(y, self.alpha - 1, out=t)
+        t *= m
+        t += 1
+        xp.multiply(dy, t, out=bottom[0].diff)

@@ -46,10 +46,9 @@ class MVNLayer(NeuronLayer):
         xp.subtract(x2, mean, out=y2)
         if not self.normalize:
             return
-        sq = scratch(self, "sq", y2.shape)
-        xp.multiply(y2, y2, out=sq)
         std = scratch(self, "std", (self.groups, 1))
-        xp.mean(sq, axis=1, keepdims=True, out=std)
+        std[:, 0] = xp.einsum("gd,gd->g", y2, y2)
+        std /= self.dim
         xp.sqrt(std, out=std)
         std += self.eps
         y2 /= std
@@ -65,9 +64,8 @@ class MVNLayer(NeuronLayer):
             xp.subtract(dy2, mean_dy, out=dx2)
             return
         y2 = top[0].data.reshape(self.groups, self.dim)
-        t = scratch(self, "sq", y2.shape)
-        xp.multiply(dy2, y2, out=t)
-        mean_dyy = t.mean(axis=1, keepdims=True)
+        mean_dyy = xp.einsum("gd,gd->g", dy2, y2).reshape(-1, 1) / self.dim
+        t = scratch(self, "tmp", y2.shape)
         xp.multiply(y2, mean_dyy, out=t)
         xp.subtract(dy2, t, out=dx2)  # dx may be dy (in place): both means are taken already
         dx2 -= mean_dy

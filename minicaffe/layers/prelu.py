@@ -47,23 +47,28 @@ class PReLULayer(NeuronLayer):
         super().reshape(bottom, top)
 
     def forward(self, bottom, top):
-        xp, bc = self.xp, self.bc
+        xp, bc, y = self.xp, self.bc, top[0].data
         x = keep_input(self, bottom, top)
-        y = top[0].data
-        xp.multiply(bc.view(x), bc.param(self.blobs[0].data), out=bc.view(y))
-        xp.copyto(y, x, where=x > 0)
+        # max(x, 0) + a * min(x, 0): four plain passes (masked copies are far slower in NumPy)
+        t = scratch(self, "tmp", x.shape)
+        xp.minimum(x, 0, out=t)
+        t3 = bc.view(t)
+        t3 *= bc.param(self.blobs[0].data)
+        xp.maximum(x, 0, out=y)
+        y += t
 
     def backward(self, top, propagate_down, bottom):
         xp, bc = self.xp, self.bc
         x, dy = saved_input(self, bottom, top), top[0].diff
+        t = scratch(self, "tmp", x.shape)
         if self.param_propagate_down[0]:
-            t = scratch(self, "prod", x.shape)
             xp.minimum(x, 0, out=t)
-            t *= dy
-            self.blobs[0].diff += bc.reduce(bc.view(t)).reshape(self.blobs[0].shape)
+            da = bc.reduce_product(xp, bc.view(dy), bc.view(t))
+            self.blobs[0].diff += da.reshape(self.blobs[0].shape)
         if propagate_down[0]:
-            dx = bottom[0].diff
-            if top[0] is not bottom[0]:
-                dx[...] = dy
-            a = bc.param(self.blobs[0].data)
-            xp.multiply(bc.view(dx), a, out=bc.view(dx), where=bc.view(x <= 0))
+            # factor = 1 + (a - 1) * [x <= 0]
+            xp.less_equal(x, 0, out=t)
+            t3 = bc.view(t)
+            t3 *= bc.param(self.blobs[0].data) - 1
+            t += 1
+            xp.multiply(dy, t, out=bottom[0].diff)

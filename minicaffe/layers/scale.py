@@ -84,12 +84,10 @@ class ScaleLayer(Layer):
         two = len(bottom) > 1
         if self.layer_param.scale_param.bias_term and self.param_propagate_down[self.bias_index]:
             b = self.blobs[self.bias_index]
-            b.diff += bc.reduce(bc.view(dy)).reshape(b.shape)
+            b.diff += bc.reduce(xp, bc.view(dy)).reshape(b.shape)
         if (two and propagate_down[1]) or (not two and self.param_propagate_down[0]):
             x = scratch(self, "input", dy.shape) if top[0] is bottom[0] else bottom[0].data
-            t = scratch(self, "prod", dy.shape)
-            xp.multiply(dy, x, out=t)
-            ds = bc.reduce(bc.view(t)).reshape(self._scale(bottom).shape)
+            ds = bc.reduce_product(xp, bc.view(dy), bc.view(x)).reshape(self._scale(bottom).shape)
             if two:
                 bottom[1].diff[...] = ds
             else:

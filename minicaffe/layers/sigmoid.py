@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from minicaffe.layer import NeuronLayer
+from minicaffe.layers._broadcast import scratch
 from minicaffe.registry import register_layer
 
 
@@ -25,6 +26,7 @@ class SigmoidLayer(NeuronLayer):
         if not propagate_down[0]:
             return
         xp, y, dy, dx = self.xp, top[0].data, top[0].diff, bottom[0].diff
-        # dy * y * (1 - y) == dy * (y - y * y); dx may be dy (in place)
-        xp.multiply(dy, y, out=dx)
-        xp.subtract(dx, dx * y, out=dx)
+        t = scratch(self, "grad", y.shape)
+        xp.subtract(1, y, out=t)
+        t *= y
+        xp.multiply(dy, t, out=dx)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from minicaffe.layer import NeuronLayer
+from minicaffe.layers._broadcast import scratch
 from minicaffe.registry import register_layer
 
 
@@ -21,7 +22,7 @@ class TanHLayer(NeuronLayer):
         if not propagate_down[0]:
             return
         xp, y, dy, dx = self.xp, top[0].data, top[0].diff, bottom[0].diff
-        # dy - dy * y^2; dx may be dy (in place)
-        t = y * y
-        t *= dy
-        xp.subtract(dy, t, out=dx)
+        t = scratch(self, "grad", y.shape)
+        xp.multiply(y, y, out=t)
+        xp.subtract(1, t, out=t)
+        xp.multiply(dy, t, out=dx)
