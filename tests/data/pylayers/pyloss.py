@@ -4,9 +4,8 @@ Written against pycaffe's API (``import caffe``, ``caffe.Layer``) so that it run
 minicaffe's ``caffe`` alias. loss = sum((a - b)^2) / (2 N).
 """
 
-import numpy as np
-
 import caffe
+import numpy as np
 
 
 class EuclideanLossLayer(caffe.Layer):

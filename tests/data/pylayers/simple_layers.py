@@ -3,9 +3,8 @@
 They import ``caffe`` as pycaffe users' modules do; minicaffe's alias provides it.
 """
 
-import numpy as np
-
 import caffe
+import numpy as np
 
 
 class TimesTen(caffe.Layer):
