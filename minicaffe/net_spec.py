@@ -38,6 +38,10 @@ from minicaffe.errors import NetBuildError
 from minicaffe.proto import caffe_pb2
 
 
+class NetSpecTypeError(NetBuildError, TypeError):
+    """A layer input that is not a Top (also a TypeError, as pycaffe raises)."""
+
+
 def _param_field_by_type() -> dict[str, str]:
     """Layer type name -> its LayerParameter ``*_param`` field (from the message type names)."""
     out = {}
@@ -64,7 +68,9 @@ def _enum_value(field, value):
 
 
 def _is_repeated(field) -> bool:
-    return getattr(field, "is_repeated", None) or field.label == FieldDescriptor.LABEL_REPEATED
+    if hasattr(field, "is_repeated"):  # protobuf >= 5 (``label`` is gone in 7)
+        return bool(field.is_repeated)
+    return field.label == FieldDescriptor.LABEL_REPEATED
 
 
 def assign_proto(message, name: str, value, *, where: str = "") -> None:
@@ -131,7 +137,7 @@ class Function:
         self.type_name = type_name
         for i, inp in enumerate(inputs):
             if not isinstance(inp, Top):
-                raise NetBuildError(
+                raise NetSpecTypeError(
                     f"{type_name}: bottom {i} must be a Top (the result of "
                     f"another layer); received {type(inp).__name__}"
                 )
