@@ -1,0 +1,709 @@
+"""Array math shared by layers, written once against an array module ``xp`` (numpy or cupy).
+
+Convolution geometry (Caffe's rules), im2col/col2im in N spatial dimensions, the tiled GEMM
+schedule used by Convolution and Deconvolution, and the pooling windows used by Pooling and SPP.
+
+Speed notes (measured on 2-core machines, see tools/bench_nets.py): what decides the time of a
+NumPy convolution is not the GEMM but the copies around it. The 2-D plan therefore works in a
+batch-innermost (C, H, W, N) layout, where every im2col copy moves runs of ``W_out * N``
+contiguous values, and walks the output in row tiles small enough that the column buffer stays in
+cache between the im2col copy and the GEMM that reads it. Every buffer is allocated once per shape
+and reused (``out=``), so a steady-state step allocates nothing large.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+# Column-buffer budget (elements) of one tile of the 2-D convolution plan on the CPU.
+TILE_ELEMS = int(os.environ.get("MINICAFFE_CONV_TILE", 1 << 20))
+
+
+def as_strided(xp, array, shape, strides):
+    """``xp``'s as_strided (a view; the caller guarantees the strides stay inside ``array``)."""
+    return xp.lib.stride_tricks.as_strided(array, shape=shape, strides=strides)
+
+
+# ---------------------------------------------------------------------------------- geometry
+def conv_out_size(size: int, kernel: int, stride: int, pad: int, dilation: int) -> int:
+    """Caffe's convolution output size: floor((size + 2 pad - (dilation (kernel - 1) + 1)) /
+    stride) + 1. Returns a value < 1 when the dilated kernel does not fit the padded input."""
+    extent = dilation * (kernel - 1) + 1
+    span = size + 2 * pad - extent
+    return span // stride + 1 if span >= 0 else 0
+
+
+def deconv_out_size(size: int, kernel: int, stride: int, pad: int, dilation: int) -> int:
+    """Deconvolution output size: stride (size - 1) + dilation (kernel - 1) + 1 - 2 pad."""
+    return stride * (size - 1) + dilation * (kernel - 1) + 1 - 2 * pad
+
+
+def pool_out_size(
+    size: int, kernel: int, stride: int, pad: int, ceil_mode: bool, clip: bool | None = None
+) -> int:
+    """Caffe's pooling output size: ceil (default) or floor of (size + 2 pad - kernel) / stride,
+    plus 1; then, when the layer pads (``clip``, default ``pad > 0``; Caffe tests both axes'
+    pads together), a last window that would start at or beyond size + pad is dropped."""
+    span = size + 2 * pad - kernel
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if (pad > 0 if clip is None else clip) and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Spatial geometry of a convolution: per-axis kernel, stride, pad, dilation and the input and
+    output spatial sizes (``out`` by Caffe's floor rule)."""
+
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    pad: tuple[int, ...]
+    dilation: tuple[int, ...]
+    in_size: tuple[int, ...]
+
+    @property
+    def out_size(self) -> tuple[int, ...]:
+        return tuple(
+            conv_out_size(*a)
+            for a in zip(self.in_size, self.kernel, self.stride, self.pad, self.dilation)
+        )
+
+    @property
+    def padded_size(self) -> tuple[int, ...]:
+        return tuple(s + 2 * p for s, p in zip(self.in_size, self.pad))
+
+    @property
+    def kernel_count(self) -> int:
+        return math.prod(self.kernel)
+
+    @property
+    def is_1x1(self) -> bool:
+        return (
+            all(k == 1 for k in self.kernel)
+            and all(s == 1 for s in self.stride)
+            and all(p == 0 for p in self.pad)
+        )
+
+
+# ---------------------------------------------------------------------------------- im2col (N-d)
+def _offset_slices(geom: ConvGeometry, offset: tuple[int, ...]):
+    """Slices of the padded input read by kernel position ``offset`` for every output position."""
+    return tuple(
+        slice(o * d, o * d + s * (n - 1) + 1, s)
+        for o, d, s, n in zip(offset, geom.dilation, geom.stride, geom.out_size)
+    )
+
+
+def pad_into(x, geom: ConvGeometry, buf):
+    """Copy ``x`` (..., *in_size) into the interior of ``buf`` (..., *padded_size), whose border
+    is zero. Returns the padded array (``x`` itself when there is no padding)."""
+    if not any(geom.pad):
+        return x
+    interior = (Ellipsis,) + tuple(slice(p, p + s) for p, s in zip(geom.pad, geom.in_size))
+    buf[interior] = x
+    return buf
+
+
+def im2col_nd(xpad, geom: ConvGeometry, col) -> None:
+    """Columns of a padded input: ``col[..., c, k_1..k_d, o_1..o_d] = xpad[..., c, o*s + k*d]``.
+
+    ``xpad``: (lead..., C, *padded_size). ``col``: (lead..., C, *kernel, *out_size), any strides
+    (a transposed view of a contiguous buffer picks the memory layout). One strided copy per
+    kernel position.
+    """
+    nd = len(geom.kernel)
+    for offset in np.ndindex(*geom.kernel):
+        col[(Ellipsis,) + offset + (slice(None),) * nd] = xpad[
+            (Ellipsis,) + _offset_slices(geom, offset)
+        ]
+
+
+def col2im_nd(col, geom: ConvGeometry, dxpad) -> None:
+    """Adjoint of :func:`im2col_nd`: ``dxpad`` (zeroed by the caller) accumulates every column
+    value at the input position it was read from."""
+    nd = len(geom.kernel)
+    for offset in np.ndindex(*geom.kernel):
+        dst = dxpad[(Ellipsis,) + _offset_slices(geom, offset)]
+        dst += col[(Ellipsis,) + offset + (slice(None),) * nd]
+
+
+def _group_view(a, groups: int):
+    """A 2-D (rows, cols) array as (groups, rows/groups, cols) (a plain 2-D array for 1 group)."""
+    return a if groups == 1 else a.reshape(groups, a.shape[0] // groups, a.shape[1])
+
+
+def data_ptr(a) -> int:
+    """Address of the first element of a numpy or cupy array."""
+    return a.__array_interface__["data"][0] if isinstance(a, np.ndarray) else a.data.ptr
+
+
+def _gemm(xp, a, b, out) -> None:
+    xp.matmul(a, b, out=out)
+
+
+def _t(a):
+    """Transpose of the last two axes."""
+    return a.T if a.ndim == 2 else a.transpose(0, 2, 1)
+
+
+# ---------------------------------------------------------------------------------- conv plans
+class ConvPlan:
+    """Convolution of a (N, C, *in_size) input with weights (O, C/G, *kernel) by im2col + GEMM.
+
+    Three operations cover Convolution (forward, backward) and Deconvolution (its forward is the
+    data gradient of a convolution, its backward a forward plus a weight gradient):
+
+    * ``forward(x, w2, y, bias)``: y = conv(x) (+ bias), y (N, O, *out_size).
+    * ``backward(w2, dy, dw=None, dx=None, db=None, x=None)``: dw += dL/dw, db += dL/db,
+      dx = dL/dx, for the input last given to ``forward`` (or ``x`` when given).
+
+    ``w2`` is the weight as a 2-D (O, C/G * prod(kernel)) array. This generic form works for any
+    number of spatial axes; :class:`Conv2dPlan` is the fast 2-D form.
+    """
+
+    def __init__(
+        self, xp, dtype, num: int, channels: int, num_output: int, geom: ConvGeometry, group: int
+    ):
+        self.xp, self.dtype = xp, np.dtype(dtype)
+        self.n, self.c, self.o, self.geom, self.g = num, channels, num_output, geom, group
+        self.out_count = math.prod(geom.out_size)
+        self.k_total = channels * geom.kernel_count
+        cols = num * self.out_count
+        # col: (C, *kernel, N, *out) so that a GEMM row block is one group's channels
+        self.col = xp.empty((self.k_total, cols), dtype)
+        self.ybuf = xp.empty((num_output, cols), dtype)
+        self.xpad = xp.zeros((num, channels) + geom.padded_size, dtype) if any(geom.pad) else None
+        self.dxpad = None
+        self._x = None
+
+    def _col_view(self):
+        """The column buffer as (N, C, *kernel, *out) (a transposed view)."""
+        nd = len(self.geom.kernel)
+        shape = (self.c,) + self.geom.kernel + (self.n,) + self.geom.out_size
+        v = self.col.reshape(shape)
+        order = (1 + nd, 0) + tuple(range(1, 1 + nd)) + tuple(range(2 + nd, 2 + 2 * nd))
+        return v.transpose(order)
+
+    def _im2col(self, x) -> None:
+        xpad = pad_into(x, self.geom, self.xpad)
+        im2col_nd(xpad, self.geom, self._col_view())
+
+    def forward(self, x, w2, y, bias=None) -> None:
+        xp = self.xp
+        self._x = x
+        self._im2col(x)
+        _gemm(
+            xp,
+            _group_view(w2, self.g),
+            _group_view(self.col, self.g),
+            _group_view(self.ybuf, self.g),
+        )
+        src = self.ybuf.reshape(self.o, self.n, self.out_count).transpose(1, 0, 2)
+        dst = y.reshape(self.n, self.o, self.out_count)
+        if bias is None:
+            dst[...] = src
+        else:
+            xp.add(src, bias.reshape(1, -1, 1), out=dst)
+
+    def backward(self, w2, dy, dw=None, dx=None, db=None, x=None) -> None:
+        xp, g = self.xp, self.g
+        dyt = self.ybuf
+        dyt.reshape(self.o, self.n, self.out_count)[...] = dy.reshape(
+            self.n, self.o, self.out_count
+        ).transpose(1, 0, 2)
+        if db is not None:
+            db += dyt.sum(axis=1)
+        if dw is not None:
+            self._im2col(self._x if x is None else x)
+            dw += xp.matmul(_group_view(dyt, g), _t(_group_view(self.col, g))).reshape(dw.shape)
+        if dx is not None:
+            _gemm(xp, _t(_group_view(w2, g)), _group_view(dyt, g), _group_view(self.col, g))
+            if self.xpad is None:
+                dxpad = dx
+                dxpad.fill(0)
+            else:
+                if self.dxpad is None:
+                    self.dxpad = xp.zeros_like(self.xpad)
+                dxpad = self.dxpad
+                dxpad.fill(0)
+            col2im_nd(self._col_view(), self.geom, dxpad)
+            if dxpad is not dx:
+                interior = (Ellipsis,) + tuple(
+                    slice(p, p + s) for p, s in zip(self.geom.pad, self.geom.in_size)
+                )
+                dx[...] = dxpad[interior]
+
+    def data_gradient(self, w2, dy, dx, bias=None) -> None:
+        """dx = conv^T(dy) (+ bias per input channel): Deconvolution's forward."""
+        self.backward(w2, dy, dx=dx)
+        if bias is not None:
+            d3 = dx.reshape(self.n, self.c, -1)
+            d3 += bias.reshape(1, -1, 1)
+
+
+class Conv1x1Plan(ConvPlan):
+    """Pointwise convolution (kernel 1, stride 1, pad 0): a batched GEMM straight on the
+    (N, C, H*W) input, with no column buffer and no transposes."""
+
+    def __init__(self, xp, dtype, num, channels, num_output, geom, group):
+        self.xp, self.dtype = xp, np.dtype(dtype)
+        self.n, self.c, self.o, self.geom, self.g = num, channels, num_output, geom, group
+        self.p = math.prod(geom.in_size)
+        self.dwbuf = xp.empty((num, group, num_output // group, channels // group), dtype)
+        self._x = None
+
+    def _split(self, a, ch):
+        return a.reshape(self.n, self.g, ch // self.g, self.p)
+
+    def forward(self, x, w2, y, bias=None) -> None:
+        xp = self.xp
+        self._x = x
+        out = self._split(y, self.o)
+        xp.matmul(w2.reshape(self.g, self.o // self.g, -1), self._split(x, self.c), out=out)
+        if bias is not None:
+            y3 = y.reshape(self.n, self.o, self.p)
+            y3 += bias.reshape(1, -1, 1)
+
+    def backward(self, w2, dy, dw=None, dx=None, db=None, x=None) -> None:
+        xp = self.xp
+        x = self._x if x is None else x
+        dys = self._split(dy, self.o)
+        if db is not None:
+            db += dy.reshape(self.n, self.o, self.p).sum(axis=(0, 2))
+        if dw is not None:
+            xp.matmul(dys, self._split(x, self.c).transpose(0, 1, 3, 2), out=self.dwbuf)
+            dw += self.dwbuf.sum(axis=0).reshape(dw.shape)
+        if dx is not None:
+            wg = w2.reshape(self.g, self.o // self.g, -1)
+            xp.matmul(wg.transpose(0, 2, 1), dys, out=self._split(dx, self.c))
+
+
+class Conv2dPlan(ConvPlan):
+    """The fast 2-D plan: batch-innermost working layout and row tiles.
+
+    The input is copied once, transposed and zero-padded, into ``xB`` (C, Hp, Wp, N). For each
+    tile of output rows, a strided view of ``xB`` is copied into the column buffer
+    (C, kh, kw, rows, W_out, N), one GEMM per group gives (O, rows * W_out * N), and that tile is
+    transposed into the NCHW top (adding the bias on the way). Backward walks the same tiles:
+    the top-diff tile is gathered into (O, rows, W_out, N), one GEMM accumulates dW, another
+    gives the column gradient, which is added back into a padded (C, Hp, Wp, N) buffer at the
+    kh * kw kernel offsets, and the buffer is transposed once into the NCHW bottom diff.
+    Backward reuses the transposed input of the last forward when ``x`` is the same array (the
+    bottom of a layer does not change between its forward and backward in a net).
+    """
+
+    def __init__(self, xp, dtype, num, channels, num_output, geom, group, tile_elems=None):
+        self.xp, self.dtype = xp, np.dtype(dtype)
+        self.n, self.c, self.o, self.geom, self.g = num, channels, num_output, geom, group
+        (self.h, self.w), (self.ho, self.wo) = geom.in_size, geom.out_size
+        self.k_total = channels * geom.kernel_count
+        if tile_elems is None:
+            tile_elems = TILE_ELEMS if xp is np else 1 << 62
+        row = self.wo * num
+        rows = max(1, min(self.ho, tile_elems // max(1, self.k_total * row)))
+        self.tiles = [(h0, min(self.ho, h0 + rows)) for h0 in range(0, self.ho, rows)]
+        self.col = xp.empty(self.k_total * rows * row, dtype)
+        self.ybuf = xp.empty(num_output * rows * row, dtype)
+        hp, wp = geom.padded_size
+        self.xb = xp.zeros((channels, hp, wp, num), dtype)
+        self.dxb = None
+        self.dwbuf = None
+        self.dbbuf = None
+        self._loaded = None
+
+    def load(self, x) -> None:
+        """Copy the (N, C, H, W) input into the padded batch-innermost buffer."""
+        ph, pw = self.geom.pad
+        self.xb[:, ph : ph + self.h, pw : pw + self.w, :] = x.transpose(1, 2, 3, 0)
+        self._loaded = (data_ptr(x), x.shape, x.strides)
+
+    def _tile_col(self, h0, h1):
+        return self.col[: self.k_total * (h1 - h0) * self.wo * self.n].reshape(self.k_total, -1)
+
+    def _tile_y(self, h0, h1):
+        return self.ybuf[: self.o * (h1 - h0) * self.wo * self.n].reshape(self.o, -1)
+
+    def _im2col(self, h0, h1, col) -> None:
+        (kh, kw), (sh, sw), (dh, dw) = self.geom.kernel, self.geom.stride, self.geom.dilation
+        xb = self.xb[:, h0 * sh :]
+        s = xb.strides
+        view = as_strided(
+            self.xp,
+            xb,
+            (self.c, kh, kw, h1 - h0, self.wo, self.n),
+            (s[0], dh * s[1], dw * s[2], sh * s[1], sw * s[2], s[3]),
+        )
+        col.reshape(view.shape)[...] = view
+
+    def _col2im(self, col, h0, h1) -> None:
+        (kh, kw), (sh, sw), (dh, dw) = self.geom.kernel, self.geom.stride, self.geom.dilation
+        rows = h1 - h0
+        c6 = col.reshape(self.c, kh, kw, rows, self.wo, self.n)
+        for i in range(kh):
+            r0 = h0 * sh + i * dh
+            for j in range(kw):
+                c0 = j * dw
+                dst = self.dxb[
+                    :, r0 : r0 + sh * (rows - 1) + 1 : sh, c0 : c0 + sw * (self.wo - 1) + 1 : sw
+                ]
+                dst += c6[:, i, j]
+
+    def forward(self, x, w2, y, bias=None, load=True) -> None:
+        xp, g = self.xp, self.g
+        if load:
+            self.load(x)
+        b4 = None if bias is None else bias.reshape(1, -1, 1, 1)
+        wg = _group_view(w2, g)
+        for h0, h1 in self.tiles:
+            col, yt = self._tile_col(h0, h1), self._tile_y(h0, h1)
+            self._im2col(h0, h1, col)
+            _gemm(xp, wg, _group_view(col, g), _group_view(yt, g))
+            src = yt.reshape(self.o, h1 - h0, self.wo, self.n).transpose(3, 0, 1, 2)
+            if b4 is None:
+                y[:, :, h0:h1] = src
+            else:
+                xp.add(src, b4, out=y[:, :, h0:h1])
+
+    def backward(self, w2, dy, dw=None, dx=None, db=None, x=None) -> None:
+        xp, g = self.xp, self.g
+        if dw is not None and x is not None and self._loaded != (data_ptr(x), x.shape, x.strides):
+            self.load(x)
+        if dx is not None:
+            if self.dxb is None:
+                self.dxb = xp.zeros_like(self.xb)
+            else:
+                self.dxb.fill(0)
+        if dw is not None and self.dwbuf is None:
+            self.dwbuf = xp.empty((2,) + _group_view(w2, g).shape, w2.dtype)
+        if db is not None and self.dbbuf is None:
+            self.dbbuf = xp.empty((2, self.o), dy.dtype)
+        first = True
+        wg = _group_view(w2, g)
+        for h0, h1 in self.tiles:
+            col, dyt = self._tile_col(h0, h1), self._tile_y(h0, h1)
+            dyt.reshape(self.o, h1 - h0, self.wo, self.n)[...] = dy[:, :, h0:h1].transpose(
+                1, 2, 3, 0
+            )
+            k = 0 if first else 1
+            if db is not None:
+                xp.sum(dyt, axis=1, out=self.dbbuf[k])
+                if not first:
+                    self.dbbuf[0] += self.dbbuf[1]
+            if dw is not None:
+                self._im2col(h0, h1, col)
+                _gemm(xp, _group_view(dyt, g), _t(_group_view(col, g)), self.dwbuf[k])
+                if not first:
+                    self.dwbuf[0] += self.dwbuf[1]
+            if dx is not None:
+                _gemm(xp, _t(wg), _group_view(dyt, g), _group_view(col, g))
+                self._col2im(col, h0, h1)
+            first = False
+        if db is not None:
+            db += self.dbbuf[0]
+        if dw is not None:
+            dw += self.dwbuf[0].reshape(dw.shape)
+        if dx is not None:
+            ph, pw = self.geom.pad
+            dx[...] = self.dxb[:, ph : ph + self.h, pw : pw + self.w].transpose(3, 0, 1, 2)
+
+    def data_gradient(self, w2, dy, dx, bias=None) -> None:
+        """dx = conv^T(dy) (+ bias): Deconvolution's forward."""
+        xp, g = self.xp, self.g
+        if self.dxb is None:
+            self.dxb = xp.zeros_like(self.xb)
+        else:
+            self.dxb.fill(0)
+        wt = _t(_group_view(w2, g))
+        for h0, h1 in self.tiles:
+            col, dyt = self._tile_col(h0, h1), self._tile_y(h0, h1)
+            dyt.reshape(self.o, h1 - h0, self.wo, self.n)[...] = dy[:, :, h0:h1].transpose(
+                1, 2, 3, 0
+            )
+            _gemm(xp, wt, _group_view(dyt, g), _group_view(col, g))
+            self._col2im(col, h0, h1)
+        ph, pw = self.geom.pad
+        src = self.dxb[:, ph : ph + self.h, pw : pw + self.w].transpose(3, 0, 1, 2)
+        if bias is None:
+            dx[...] = src
+        else:
+            xp.add(src, bias.reshape(1, -1, 1, 1), out=dx)
+
+
+def make_conv_plan(
+    xp, dtype, num, channels, num_output, geom: ConvGeometry, group: int, force_nd: bool = False
+) -> ConvPlan:
+    """The fastest plan for this geometry: pointwise, 2-D tiled, or generic N-d."""
+    if geom.is_1x1 and not force_nd:
+        return Conv1x1Plan(xp, dtype, num, channels, num_output, geom, group)
+    if len(geom.kernel) == 2 and not force_nd:
+        return Conv2dPlan(xp, dtype, num, channels, num_output, geom, group)
+    return ConvPlan(xp, dtype, num, channels, num_output, geom, group)
+
+
+# ---------------------------------------------------------------------------------- pooling
+def _window_ranges(size: int, kernel: int, stride: int, pad: int, out: int):
+    """For each kernel offset i: (first output, end output, first input index) of the outputs
+    whose window reads input index o * stride - pad + i inside [0, size)."""
+    ranges = []
+    for i in range(kernel):
+        lo = max(0, -(-(pad - i) // stride))
+        hi = min(out, (size - 1 + pad - i) // stride + 1)
+        ranges.append((lo, hi, lo * stride - pad + i) if hi > lo else None)
+    return ranges
+
+
+class PoolPlan:
+    """Caffe's 2-D pooling windows for one (N, C, H, W) input shape.
+
+    Window (ho, wo) covers input rows [ho * sh - ph, ho * sh - ph + kh) clipped to the image
+    (likewise columns). Every operation walks the kh * kw kernel offsets in row-major order; for
+    offset (i, j) one strided view of the input meets the block of outputs whose window holds
+    that input position, so padding needs no padded copy. MAX keeps the first maximum in
+    row-major window order (Caffe's strict ``>``) and records it as the offset index
+    p = i * kw + j in ``idx``; the mask top is the flat input index h * W + w of that maximum.
+    """
+
+    def __init__(self, xp, dtype, shape, kernel, stride, pad, out_size):
+        self.xp, self.dtype = xp, np.dtype(dtype)
+        self.shape = tuple(shape)
+        n, c, h, w = self.shape
+        (kh, kw), (sh, sw), (ph, pw), (ho, wo) = kernel, stride, pad, out_size
+        self.kernel, self.stride, self.pad, self.out_size = kernel, stride, pad, out_size
+        self.out_shape = (n, c, ho, wo)
+        rows = _window_ranges(h, kh, sh, ph, ho)
+        cols = _window_ranges(w, kw, sw, pw, wo)
+        self.views = []  # (p, output slices, input slices, covers every output)
+        for i, r in enumerate(rows):
+            for j, q in enumerate(cols):
+                if r is None or q is None:
+                    continue
+                (olo, ohi, r0), (wlo, whi, c0) = r, q
+                osl = (Ellipsis, slice(olo, ohi), slice(wlo, whi))
+                isl = (
+                    Ellipsis,
+                    slice(r0, r0 + sh * (ohi - olo - 1) + 1, sh),
+                    slice(c0, c0 + sw * (whi - wlo - 1) + 1, sw),
+                )
+                full = olo == 0 and ohi == ho and wlo == 0 and whi == wo
+                self.views.append((i * kw + j, osl, isl, full))
+        self.is_global = ho == 1 and wo == 1 and ph == 0 and pw == 0 and kh >= h and kw >= w
+        # windows that never overlap: backward assigns instead of adding
+        self.disjoint = kh <= sh and kw <= sw
+        self.exact = (
+            self.disjoint
+            and kh == sh
+            and kw == sw
+            and ph == 0
+            and pw == 0
+            and ho * sh == h
+            and wo * sw == w
+        )
+        p_count = kh * kw
+        self.idx_dtype = np.int8 if p_count < 128 else np.int16 if p_count < 32768 else np.int32
+        self.idx = None
+        self.mbuf = None
+        self.tbuf = None
+        self.fbuf = None
+        # AVE: 1 / (window size clipped to the padded extent [-pad, size + pad))
+        hs = np.arange(ho) * sh - ph
+        ws = np.arange(wo) * sw - pw
+        hc = np.minimum(hs + kh, h + ph) - hs
+        wc = np.minimum(ws + kw, w + pw) - ws
+        self.inv_div = xp.asarray((1.0 / np.outer(hc, wc)).astype(self.dtype))
+
+    # -------------------------------------------------------------- scratch
+    def _scratch(self):
+        if self.mbuf is None:
+            xp = self.xp
+            self.mbuf = xp.empty(self.out_shape, bool)
+            self.tbuf = xp.empty(self.out_shape, self.idx_dtype)
+            self.fbuf = xp.empty(self.out_shape, self.dtype)
+        return self.mbuf, self.tbuf, self.fbuf
+
+    def _ensure_idx(self):
+        if self.idx is None:
+            self.idx = self.xp.empty(self.out_shape, self.idx_dtype)
+        return self.idx
+
+    def _first_view(self, x, y, fill):
+        """Start y from the first offset when it covers every output, else from ``fill``."""
+        p0, osl0, isl0, full0 = self.views[0]
+        if full0:
+            y[...] = x[isl0]
+            return 1
+        y.fill(fill)
+        return 0
+
+    # -------------------------------------------------------------- MAX
+    def max_forward(self, x, y, track: bool = True) -> None:
+        """y = max over each window; with ``track``, ``idx`` = offset of the first maximum."""
+        xp = self.xp
+        n, c, h, w = self.shape
+        if self.is_global:
+            x2, y1 = x.reshape(n * c, h * w), y.reshape(n * c)
+            if track:
+                idx = self.idx = xp.argmax(x2, axis=1)
+                y1[...] = xp.take_along_axis(x2, idx[:, None], axis=1)[:, 0]
+            else:
+                xp.max(x2, axis=1, out=y1)
+            return
+        start = self._first_view(x, y, -np.inf)
+        if not track:
+            for _, osl, isl, _ in self.views[start:]:
+                ys = y[osl]
+                xp.maximum(ys, x[isl], out=ys)
+            return
+        idx = self._ensure_idx()
+        m, t, _ = self._scratch()
+        idx.fill(0)
+        for p, osl, isl, _ in self.views[start:]:
+            ys, xs, ms, ts, ids = y[osl], x[isl], m[osl], t[osl], idx[osl]
+            xp.greater(xs, ys, out=ms)
+            xp.maximum(ys, xs, out=ys)
+            # offsets come in increasing order, so "take p where greater" is a maximum
+            xp.multiply(ms, self.idx_dtype(p), out=ts)
+            xp.maximum(ids, ts, out=ids)
+
+    def max_backward(self, dy, dx) -> None:
+        """dx[argmax of each window] += dy (idx from the last tracked forward)."""
+        xp = self.xp
+        n, c, h, w = self.shape
+        if self.is_global:
+            dx2 = dx.reshape(n * c, h * w)
+            dx2.fill(0)
+            xp.put_along_axis(dx2, self.idx[:, None], dy.reshape(n * c, 1), axis=1)
+            return
+        m, _, f = self._scratch()
+        idx = self.idx
+        if not self.exact:
+            dx.fill(0)
+        for p, osl, isl, _ in self.views:
+            ms = m[osl]
+            xp.equal(idx[osl], p, out=ms)
+            if self.disjoint:
+                xp.multiply(dy[osl], ms, out=dx[isl])
+            else:
+                fs, dxs = f[osl], dx[isl]
+                xp.multiply(dy[osl], ms, out=fs)
+                xp.add(dxs, fs, out=dxs)
+
+    def max_mask(self, out) -> None:
+        """Caffe's second top: the flat input index h * W + w of each window's maximum."""
+        xp = self.xp
+        n, c, h, w = self.shape
+        if self.is_global:
+            out.reshape(n * c)[...] = self.idx
+            return
+        (kh, kw), (sh, sw), (ph, pw), (ho, wo) = self.kernel, self.stride, self.pad, self.out_size
+        table = xp.asarray(
+            np.add.outer(np.arange(kh) * w, np.arange(kw)).ravel().astype(self.dtype)
+        )
+        base = xp.asarray(
+            np.add.outer((np.arange(ho) * sh - ph) * w, np.arange(wo) * sw - pw).astype(self.dtype)
+        )
+        xp.add(xp.take(table, self.idx.astype(np.intp)), base, out=out)
+
+    # -------------------------------------------------------------- AVE
+    def ave_forward(self, x, y) -> None:
+        """y = sum over the clipped window / size of the window clipped to the padded extent."""
+        xp = self.xp
+        n, c, h, w = self.shape
+        if self.is_global:
+            xp.sum(x.reshape(n * c, h * w), axis=1, out=y.reshape(n * c))
+        else:
+            start = self._first_view(x, y, 0)
+            for _, osl, isl, _ in self.views[start:]:
+                ys = y[osl]
+                xp.add(ys, x[isl], out=ys)
+        y *= self.inv_div
+
+    def ave_backward(self, dy, dx) -> None:
+        xp = self.xp
+        n, c, h, w = self.shape
+        _, _, f = self._scratch()
+        xp.multiply(dy, self.inv_div, out=f)
+        if self.is_global:
+            dx.reshape(n * c, h * w)[...] = f.reshape(n * c, 1)
+            return
+        if not self.exact:
+            dx.fill(0)
+        for _, osl, isl, _ in self.views:
+            if self.disjoint:
+                dx[isl] = f[osl]
+            else:
+                dxs = dx[isl]
+                xp.add(dxs, f[osl], out=dxs)
+
+    # -------------------------------------------------------------- STOCHASTIC
+    def _sums(self, x, s, q=None) -> None:
+        xp = self.xp
+        s.fill(0)
+        if q is not None:
+            q.fill(0)
+        sq = None if q is None else xp.empty(self.out_shape, self.dtype)
+        for _, osl, isl, _ in self.views:
+            ss, xs = s[osl], x[isl]
+            xp.add(ss, xs, out=ss)
+            if q is not None:
+                t = sq[osl]
+                xp.multiply(xs, xs, out=t)
+                qs = q[osl]
+                xp.add(qs, t, out=qs)
+
+    def stochastic_test_forward(self, x, y) -> None:
+        """y = sum(x^2) / (FLT_MIN + sum(x)) over each window (Caffe's TEST form)."""
+        xp = self.xp
+        s = xp.empty(self.out_shape, self.dtype)
+        self._sums(x, s, y)
+        s += np.finfo(np.float32).tiny
+        y /= s
+        self._sto_denominator = s
+
+    def stochastic_test_backward(self, x, y, dy, dx) -> None:
+        """Exact gradient of the TEST form: d/dx_i = (2 x_i - y) / D for every window holding i."""
+        a = dy / self._sto_denominator
+        b = a * y
+        a *= 2
+        dx.fill(0)
+        for _, osl, isl, _ in self.views:
+            dxs = dx[isl]
+            dxs += x[isl] * a[osl] - b[osl]
+
+    def stochastic_train_forward(self, x, y, uniform) -> None:
+        """Sample one input per window with probability x / sum(x) (inputs >= 0): the first
+        offset where the running sum reaches ``uniform * sum``; y = that input."""
+        xp = self.xp
+        s = xp.empty(self.out_shape, self.dtype)
+        self._sums(x, s)
+        thres = s * uniform
+        idx = self._ensure_idx()
+        idx.fill(0)
+        cum = xp.zeros(self.out_shape, self.dtype)
+        found = xp.zeros(self.out_shape, bool)
+        hit = xp.empty(self.out_shape, bool)
+        y.fill(0)
+        last = xp.zeros(self.out_shape, self.idx_dtype)
+        for p, osl, isl, _ in self.views:
+            cs, xs, hs, fs = cum[osl], x[isl], hit[osl], found[osl]
+            xp.add(cs, xs, out=cs)
+            xp.greater_equal(cs, thres[osl], out=hs)
+            hs &= ~fs
+            fs |= hs
+            ids = idx[osl]
+            xp.maximum(ids, hs * self.idx_dtype(p), out=ids)
+            ys = y[osl]
+            ys += xs * hs
+            last[osl] = p
+        # rounding can leave the threshold unreached: take the window's last position then
+        miss = ~found
+        if bool(miss.any()):
+            idx[miss] = last[miss]
+            for p, osl, isl, _ in self.views:
+                sel = miss[osl] & (last[osl] == p)
+                ys = y[osl]
+                ys[sel] = x[isl][sel]
