@@ -1,0 +1,687 @@
+"""What the loss layers share: normalizers, labels, class weights, chunked softmax passes.
+
+Notation (as in the loss docs): the prediction ``x`` is viewed as ``(O, C, I)`` around its class
+axis ``a``: ``O = prod(shape[:a])`` (Caffe's outer_num), ``C = shape[a]``, ``I = prod(shape[a+1:])``
+(inner_num). A *position* is a pair ``(o, i)``; there are ``O*I`` of them and one label each.
+
+* :func:`normalization_mode` / :func:`normalizer`: Caffe's FULL / VALID / BATCH_SIZE / NONE (always
+  at least 1) plus minicaffe's WEIGHTED (the summed class weights of the valid positions).
+* :func:`read_labels`: float labels truncated toward zero (C++ ``static_cast<int>``), the ignore
+  label, and a :class:`~minicaffe.errors.LabelError` for any other label outside ``[0, C)``
+  (Caffe reads out of bounds there).
+* :class:`ClassWeights`: Mocha.jl-style class weights (``loss_param.class_weight`` or an extra
+  bottom) with LOCAL / GLOBAL / NO weight normalization, and SegNet's ``class_weighting``.
+* :class:`LossBase`: the loss-layer base with scratch buffers, an optional second top, and the
+  refusal of gradients into label-like bottoms.
+* :func:`softmax_lse` / :func:`exp_shifted`: the two memory passes of a softmax loss, run over
+  cache-sized chunks (and two threads on NumPy, which releases the GIL inside ufuncs).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from minicaffe.errors import LabelError, LayerError, ShapeError
+from minicaffe.layer import LossLayer
+from minicaffe.proto import caffe_pb2
+
+_LP = caffe_pb2.LossParameter
+FULL, VALID, BATCH_SIZE, NONE = _LP.FULL, _LP.VALID, _LP.BATCH_SIZE, _LP.NONE
+WEIGHTED = _LP.WEIGHTED
+LOCAL, GLOBAL, NO = _LP.LOCAL, _LP.GLOBAL, _LP.NO
+MODE_NAMES = {
+    FULL: "FULL",
+    VALID: "VALID",
+    BATCH_SIZE: "BATCH_SIZE",
+    NONE: "NONE",
+    WEIGHTED: "WEIGHTED",
+}
+
+# Caffe clamps probabilities before the log: at FLT_MIN in SoftmaxWithLoss (even in double), at
+# kLOG_THRESHOLD = 1e-20 in InfogainLoss and MultinomialLogisticLoss.
+FLT_MIN = float(np.finfo(np.float32).tiny)
+NEG_LOG_FLT_MIN = -math.log(FLT_MIN)  # 87.33654475...
+LOG_THRESHOLD = 1e-20
+NEG_LOG_THRESHOLD = -math.log(LOG_THRESHOLD)  # 46.0517...
+
+
+# ---------------------------------------------------------------------------- normalization
+
+
+def normalization_mode(layer, default: int) -> int:
+    """The layer's normalization: ``normalization`` if set, else the legacy ``normalize``
+    (true -> VALID, false -> BATCH_SIZE), else ``default``."""
+    lp = layer.layer_param.loss_param
+    if lp.HasField("normalization"):
+        return int(lp.normalization)
+    if lp.HasField("normalize"):
+        return VALID if lp.normalize else BATCH_SIZE
+    return default
+
+
+def normalizer(mode: int, *, outer: int, inner: int, valid=None, weight_sum=None, xp=np):
+    """Caffe's get_normalizer, never below 1, plus WEIGHTED.
+
+    FULL: outer*inner; VALID: the valid count (outer*inner when ``valid`` is None); BATCH_SIZE:
+    outer; NONE: 1; WEIGHTED: ``weight_sum`` (the summed weights of the valid positions; the valid
+    count when None), or 1 when that sum is 0. Host numbers give a float, device scalars stay on
+    the device.
+    """
+    if mode == FULL:
+        return max(1.0, float(outer * inner))
+    if mode == BATCH_SIZE:
+        return max(1.0, float(outer))
+    if mode == NONE:
+        return 1.0
+    if mode == WEIGHTED and weight_sum is not None:
+        if _is_host(weight_sum):
+            w = float(weight_sum)
+            return w if w > 0 else 1.0
+        return xp.where(weight_sum > 0, weight_sum, 1)
+    if mode in (VALID, WEIGHTED):
+        if valid is None:
+            return max(1.0, float(outer * inner))
+        if _is_host(valid):
+            return max(1.0, float(valid))
+        return xp.maximum(valid, 1)
+    raise LayerError(f"unknown normalization mode {mode}")
+
+
+def _is_host(value) -> bool:
+    return isinstance(value, (int, float, np.number, np.ndarray))
+
+
+# ---------------------------------------------------------------------------- shapes and labels
+
+
+def class_layout(layer, shape: tuple[int, ...], axis: int) -> tuple[int, int, int, int]:
+    """(canonical axis, O, C, I) of a prediction of ``shape`` with class axis ``axis``."""
+    n = len(shape)
+    if n == 0 or not -n <= axis < n:
+        raise layer.error(
+            f"class axis {axis} is out of range for a {n}-axis prediction of shape "
+            f"{shape} (valid: {-n} <= axis < {n})",
+            ShapeError,
+        )
+    a = axis + n if axis < 0 else axis
+    return a, math.prod(shape[:a]), shape[a], math.prod(shape[a + 1 :])
+
+
+def check_label_count(
+    layer, x_shape, label_shape, axis: int, outer: int, inner: int, what: str = "label"
+) -> None:
+    """Caffe's rule: one label per position, i.e. ``count(label) == O*I``."""
+    count = math.prod(label_shape)
+    if count != outer * inner:
+        raise layer.error(
+            f"the number of {what}s must equal the number of positions, the product of the "
+            f"prediction's axes other than the class axis {axis} (for a prediction (N, C, H, W) "
+            f"with axis 1 that is N*H*W labels, each a class index in [0, C)); expected "
+            f"{outer * inner} {what}s for prediction shape {tuple(x_shape)}, received {what} "
+            f"shape {tuple(label_shape)} ({count} values)",
+            ShapeError,
+        )
+
+
+class Labels:
+    """Integer labels of every position: ``y`` (ignored positions hold 0), ``valid`` (bool per
+    position, None when nothing is ignored) and ``count`` (valid positions: host int on NumPy,
+    device scalar on CuPy)."""
+
+    __slots__ = ("y", "valid", "count")
+
+    def __init__(self, y, valid, count):
+        self.y, self.valid, self.count = y, valid, count
+
+
+def read_labels(
+    layer, labels, classes: int, ignore_label: int | None, *, out=None, check: bool = True
+) -> Labels:
+    """Truncate ``labels`` toward zero, mark the ignore label, check the range ``[0, classes)``.
+
+    ``out``: an intp array of ``labels.size`` elements to write ``y`` into (a fresh one if None).
+    Raises LabelError naming the layer, the value, its index in the label blob and the range.
+    """
+    xp = layer.xp
+    flat = labels.reshape(-1)
+    y = out if out is not None else xp.empty(flat.shape, dtype=np.intp)
+    with np.errstate(invalid="ignore"):
+        y[...] = flat  # C cast: truncation toward zero, as Caffe's static_cast<int>
+    valid, count = None, flat.size
+    if ignore_label is not None:
+        valid = y != ignore_label
+        count = xp.count_nonzero(valid)
+        if xp is np:
+            count = int(count)
+        xp.multiply(y, valid, out=y)
+    if check and y.size:
+        bad = (y.min() < 0) | (y.max() >= classes)
+        if bad:  # one host sync on a GPU: a bad label is an error, never a wild read
+            _raise_bad_label(layer, labels, y, valid, classes, ignore_label)
+    return Labels(y, valid, count)
+
+
+def _raise_bad_label(layer, labels, y, valid, classes, ignore_label):
+    from minicaffe.backend import to_numpy
+
+    yh, lh = to_numpy(y), to_numpy(labels)
+    bad = (yh < 0) | (yh >= classes)
+    if valid is not None:
+        bad &= to_numpy(valid)
+    k = int(np.argmax(bad))
+    where = tuple(int(i) for i in np.unravel_index(k, lh.shape)) if lh.ndim else ()
+    value = lh.reshape(-1)[k]
+    ignore = (
+        f"the ignore label is {ignore_label}"
+        if ignore_label is not None
+        else "no ignore_label is set"
+    )
+    raise layer.error(
+        f"label {value:g} at index {where} of the label blob (shape "
+        f"{tuple(lh.shape)}) is outside the valid range [0, {classes - 1}] "
+        f"({classes} classes) and {ignore}",
+        LabelError,
+    )
+
+
+def ignore_label_of(param) -> int | None:
+    """``param.ignore_label`` when set (presence matters), else None."""
+    return int(param.ignore_label) if param.HasField("ignore_label") else None
+
+
+# ---------------------------------------------------------------------------- class weights
+
+
+class ClassWeights:
+    """Class weights in the style of Mocha.jl's SoftmaxLossLayer, as LossParameter extensions.
+
+    Sources (at most one): ``loss_param.class_weight`` (C values), SegNet's
+    ``weight_by_label_freqs: true`` + ``class_weighting`` (C values, used as given unless
+    ``weight_normalization`` is set), or an extra bottom shaped ``(C,)``, like one sample
+    (``x.shape[1:]``, class axis >= 1) or like the whole prediction.
+
+    ``weight_normalization`` (default LOCAL): LOCAL rescales the weights at each position so
+    the C class weights sum to C; GLOBAL rescales each sample's weights to sum to its element
+    count (C x spatial); NO uses them as given. For per-class weights LOCAL and GLOBAL agree.
+    Internally weights are a 4-D array ``(Nw, Ow, C, Iw)`` broadcastable against the prediction
+    viewed as ``(N, O/N, C, I)``.
+    """
+
+    def __init__(self, layer, *, allow_bottom: bool):
+        lp = layer.layer_param.loss_param
+        self.layer = layer
+        self.vector = None  # the given per-class values (host float64), before normalization
+        self.source = None
+        if lp.class_weight:
+            self.vector, self.source = np.asarray(lp.class_weight, np.float64), "class_weight"
+        if lp.weight_by_label_freqs or lp.class_weighting:
+            if self.source:
+                raise layer.error(
+                    "give class weights once: loss_param.class_weight or SegNet's "
+                    "class_weighting, not both"
+                )
+            if not lp.weight_by_label_freqs:
+                raise layer.error(
+                    "loss_param.class_weighting is given but weight_by_label_freqs "
+                    "is false; set weight_by_label_freqs: true to use the weights "
+                    "(SegNet would ignore them) or remove them"
+                )
+            if not lp.class_weighting:
+                raise layer.error(
+                    "weight_by_label_freqs is true but no class_weighting values "
+                    "are given (one per class)"
+                )
+            self.vector, self.source = np.asarray(lp.class_weighting, np.float64), "class_weighting"
+        self.allow_bottom = allow_bottom
+        if lp.HasField("weight_normalization"):
+            self.mode = int(lp.weight_normalization)
+        else:
+            self.mode = NO if self.source == "class_weighting" else LOCAL
+        if self.vector is not None and (
+            np.any(self.vector < 0) or not np.all(np.isfinite(self.vector))
+        ):
+            raise layer.error(
+                f"loss_param.{self.source} must be finite and >= 0; received {self.vector.tolist()}"
+            )
+        self._param = None  # normalized (1, 1, C, 1) xp array
+        self._param_key = None
+
+    @property
+    def from_param(self) -> bool:
+        return self.vector is not None
+
+    def check_unused(self, has_bottom: bool) -> None:
+        lp = self.layer.layer_param.loss_param
+        if has_bottom and self.from_param:
+            raise self.layer.error(
+                f"class weights are given twice: loss_param.{self.source} and "
+                "a weight bottom; give one of them"
+            )
+        if not (has_bottom or self.from_param) and lp.HasField("weight_normalization"):
+            raise self.layer.error(
+                "loss_param.weight_normalization is set but no class weights "
+                "are given (loss_param.class_weight or a weight bottom)"
+            )
+
+    def param_weights(self, classes: int, dtype):
+        """The (normalized) per-class weights as a ``(1, 1, C, 1)`` xp array."""
+        if len(self.vector) != classes:
+            raise self.layer.error(
+                f"loss_param.{self.source} has {len(self.vector)} values but "
+                f"the prediction has {classes} classes",
+                ShapeError,
+            )
+        key = (classes, np.dtype(dtype))
+        if self._param is None or self._param_key != key:
+            w = self.vector.reshape(1, 1, classes, 1)
+            w = _normalize_weights(np, w, self.mode, classes)
+            self._param = self.layer.xp.asarray(w.astype(dtype))
+            self._param_key = key
+        return self._param
+
+    def check_bottom_shape(self, w_shape, x_shape, axis: int, N: int, Ow: int, C: int, I: int):
+        """The 4-D view shape of a weight bottom, or a ShapeError naming the accepted shapes."""
+        w_shape, x_shape = tuple(w_shape), tuple(x_shape)
+        if w_shape == (C,) or w_shape == (C, 1) and len(x_shape) == 2 and axis == 1:
+            return (1, 1, C, 1)
+        if axis >= 1 and w_shape == x_shape[1:]:
+            return (1, Ow, C, I)
+        if w_shape == x_shape:
+            return (N, Ow, C, I)
+        one = f", {x_shape[1:]} (one sample)" if axis >= 1 else ""
+        raise self.layer.error(
+            f"the weight bottom must have shape ({C},) (one weight per class)"
+            f"{one} or {x_shape} (like the prediction); received {w_shape}",
+            ShapeError,
+        )
+
+    def bottom_weights(self, w, view_shape, classes: int):
+        """A weight bottom's values, checked (>= 0) and normalized, in its 4-D view."""
+        xp = self.layer.xp
+        w4 = w.reshape(view_shape)
+        if w4.size and bool(w4.min() < 0):
+            raise self.layer.error(
+                f"class weights must be >= 0; the weight bottom holds {float(w4.min()):g}"
+            )
+        return _normalize_weights(xp, w4, self.mode, classes)
+
+
+def _normalize_weights(xp, w4, mode: int, classes: int):
+    """Mocha's weight normalization of a ``(Nw, Ow, C, Iw)`` array (zero sums stay zero)."""
+    if mode == NO:
+        return w4
+    if mode == LOCAL or (w4.shape[1] == 1 and w4.shape[3] == 1):
+        total = w4.sum(axis=2, keepdims=True)
+        target = classes
+    elif mode == GLOBAL:
+        total = w4.sum(axis=(1, 2, 3), keepdims=True)
+        target = w4[0].size
+    else:
+        raise LayerError(f"unknown weight_normalization {mode}")
+    scale = xp.where(total > 0, target / xp.where(total > 0, total, 1), 0)
+    return w4 * scale.astype(w4.dtype)
+
+
+# ---------------------------------------------------------------------------- the base class
+
+
+class LossBase(LossLayer):
+    """LossLayer plus scratch buffers, the optional second top, and refused label gradients.
+
+    ``label_bottoms``: {bottom index: description} of bottoms that never take a gradient;
+    ``backward`` raises when one is asked for. ``loss_params``: the LossParameter fields the
+    layer honours; any other one that is set raises at setup (nothing is silently ignored).
+    """
+
+    label_bottoms: dict[int, str] = {1: "label"}
+    loss_params: frozenset[str] = frozenset()
+
+    def setup(self, bottom, top):
+        self._scratch: dict[str, object] = {}
+        lp = self.layer_param.loss_param
+        for field, _ in lp.ListFields():
+            if field.name not in self.loss_params:
+                raise self.error(
+                    f"loss_param.{field.name} is not supported by {self.type}; it "
+                    f"accepts {', '.join(sorted(self.loss_params)) or 'none'}"
+                )
+
+    def set_loss_weights(self, top):
+        # A second top (the probabilities) gets weight 0 when no loss_weight is given, so the
+        # two-top form works (in BVLC it fails setup: one weight is added for two tops).
+        if not self.layer_param.loss_weight and len(top) == 2:
+            self.layer_param.loss_weight.extend([1.0, 0.0])
+        super().set_loss_weights(top)
+
+    def allow_force_backward(self, bottom_index: int) -> bool:
+        return bottom_index not in self.label_bottoms
+
+    def refuse_label_gradients(self, propagate_down) -> None:
+        for i, what in self.label_bottoms.items():
+            if i < len(propagate_down) and propagate_down[i]:
+                raise self.error(
+                    f"cannot back-propagate to the {what} input (bottom {i}); set "
+                    f"propagate_down: false for it"
+                )
+
+    def scratch(self, name: str, shape, dtype=None):
+        """A reused array of ``shape`` (grown only when a larger one is needed)."""
+        dtype = np.dtype(dtype or self.dtype)
+        shape = tuple(int(d) for d in shape)
+        size = math.prod(shape)
+        buf = self._scratch.get(name)
+        if buf is None or buf.dtype != dtype or buf.size < size:
+            buf = self.xp.empty(max(size, 1), dtype=dtype)
+            self._scratch[name] = buf
+        return buf[:size].reshape(shape)
+
+    def lambda_over(self, top, n):
+        """loss_weight / normalizer: a float on NumPy, a device scalar on CuPy."""
+        lam = top[0].diff
+        if self.xp is np:
+            return float(lam) / float(n)
+        return lam / n
+
+
+class Targets:
+    """The per-position targets of a class loss, computed once per forward.
+
+    ``labels`` (:class:`Labels`); ``idx``: flat index into x of every position's true-class
+    entry (class 0 at ignored positions); ``w4``: the normalized class weights (4-D view) or
+    None; ``a_true``: the weight of each position's true-class term, zero where ignored (None
+    when every position weighs 1); ``n``: the normalizer.
+    """
+
+    __slots__ = ("labels", "idx", "w4", "a_true", "n")
+
+
+class ClassLossBase(LossBase):
+    """A loss over a class axis with Caffe's ignore_label and normalization, minicaffe's class
+    weights (a loss_param field or an optional third bottom) and label smoothing.
+
+    Subclasses call :meth:`setup_classes` in ``setup`` and :meth:`layout` in ``reshape``; in
+    ``forward`` :meth:`targets` gives the labels, true-class indices and weights, and
+    :meth:`finish` the normalizer.
+    """
+
+    min_bottom_blobs, max_bottom_blobs = 2, 3
+    exact_num_bottom_blobs = -1
+    label_bottoms = {1: "label", 2: "class weight"}
+    loss_params = frozenset(
+        {
+            "ignore_label",
+            "normalization",
+            "normalize",
+            "class_weight",
+            "weight_normalization",
+            "label_smoothing",
+            "weight_by_label_freqs",
+            "class_weighting",
+        }
+    )
+    weight_bottom = True
+
+    def setup_classes(self, bottom, default_mode: int) -> None:
+        lp = self.layer_param.loss_param
+        self.ignore_label = ignore_label_of(lp)
+        self.mode = normalization_mode(self, default_mode)
+        self.eps = float(lp.label_smoothing)
+        if not 0.0 <= self.eps <= 1.0:
+            raise self.error(f"loss_param.label_smoothing must be in [0, 1]; received {self.eps}")
+        self.weights = ClassWeights(self, allow_bottom=self.weight_bottom)
+        self.has_weight_bottom = self.weight_bottom and len(bottom) == 3
+        self.weights.check_unused(self.has_weight_bottom)
+        self._key = None
+
+    def layout(self, bottom, axis: int, O: int, C: int, I: int, x_shape=None, w_shape=None) -> None:
+        """Record (axis, O, C, I) and N, check the weight bottom, cache the position indices.
+
+        ``x_shape``/``w_shape``: the prediction and weight shapes to check (default: the
+        bottoms'), for layers that view their input differently.
+        """
+        x_shape = tuple(x_shape or bottom[0].shape)
+        self.axis, self.O, self.C, self.I = axis, O, C, I
+        self.N = x_shape[0] if axis >= 1 and x_shape else 1
+        if self.has_weight_bottom:
+            self._w_view = self.weights.check_bottom_shape(
+                w_shape or bottom[2].shape, x_shape, axis, self.N, O // self.N, C, I
+            )
+        elif self.weights.from_param:
+            self.weights.param_weights(C, self.dtype)
+        if self._key != (O, C, I):
+            xp = self.xp
+            self._key = (O, C, I)
+            self.plan = ChunkPlan(xp, O, C, I)
+            base = xp.arange(O, dtype=np.intp)[:, None] * (C * I) + xp.arange(I, dtype=np.intp)
+            self._base = base.reshape(-1)
+
+    def class_weights(self, bottom):
+        """The normalized class weights (4-D view), or None."""
+        if self.weights.from_param:
+            return self.weights.param_weights(self.C, self.dtype)
+        if self.has_weight_bottom:
+            return self.weights.bottom_weights(bottom[2].data, self._w_view, self.C)
+        return None
+
+    def targets(self, bottom, w4="auto") -> Targets:
+        xp, O, I = self.xp, self.O, self.I
+        t = Targets()
+        t.labels = read_labels(
+            self,
+            bottom[1].data,
+            self.C,
+            self.ignore_label,
+            out=self.scratch("y", (O * I,), np.intp),
+        )
+        t.idx = self.scratch("idx", (O * I,), np.intp)
+        xp.multiply(t.labels.y, I, out=t.idx)
+        t.idx += self._base
+        t.w4 = self.class_weights(bottom) if isinstance(w4, str) else w4
+        t.a_true = t.labels.valid
+        if t.w4 is not None:
+            t.a_true = self._gather(t.w4, t.labels.y, t.idx)
+            if t.labels.valid is not None:
+                t.a_true *= t.labels.valid
+        return t
+
+    def _gather(self, w4, y, idx):
+        """w[y] at every position, from the 4-D weight view (per class, one sample or full)."""
+        xp = self.xp
+        out = self.scratch("wy", y.shape)
+        if w4.shape[1] == 1 and w4.shape[3] == 1:
+            xp.take(w4.reshape(-1), y, out=out)
+        elif w4.shape[0] == 1:
+            xp.take(w4.reshape(-1), idx % w4.size, out=out)
+        else:
+            xp.take(w4.reshape(-1), idx, out=out)
+        return out
+
+    def finish(self, t: Targets):
+        """Set and return ``t.n``, the normalizer of this forward."""
+        weight_sum = None
+        if self.mode == WEIGHTED:
+            weight_sum = t.labels.count if t.w4 is None else t.a_true.sum()
+            if self.xp is np:
+                weight_sum = float(weight_sum)
+        t.n = normalizer(
+            self.mode,
+            outer=self.O,
+            inner=self.I,
+            valid=t.labels.count,
+            weight_sum=weight_sum,
+            xp=self.xp,
+        )
+        return t.n
+
+    def smoothing(self, t: Targets, neg_log):
+        """Label smoothing parts, given ``neg_log`` = -log p as (N, O/N, C, I) or a callable
+        giving sum_c w_c * -log p_c for a weight array w (broadcastable) or None (all 1).
+
+        Returns (per-position sum_c w_c * -log p_c with zeros where ignored, the per-position
+        sum_c w_c with zeros where ignored).
+        """
+        xp = self.xp
+        shape = (self.N, self.O // self.N, self.I)
+        wsum = self.C if t.w4 is None else t.w4.sum(axis=2)
+        smooth = neg_log(t.w4)
+        smooth = xp.broadcast_to(smooth, shape).reshape(-1)
+        wsum = xp.broadcast_to(xp.asarray(wsum, dtype=self.dtype), shape).reshape(-1)
+        if t.labels.valid is not None:
+            smooth = smooth * t.labels.valid
+            wsum = wsum * t.labels.valid
+        return smooth, wsum
+
+    def view4(self, arr):
+        """``arr`` (any layout of x) as (N, O/N, C, I)."""
+        return arr.reshape(self.N, self.O // self.N, self.C, self.I)
+
+    def valid4(self, t: Targets):
+        """The valid mask as (N, O/N, 1, I), or None."""
+        v = t.labels.valid
+        return None if v is None else v.reshape(self.N, self.O // self.N, 1, self.I)
+
+
+# ---------------------------------------------------------------------------- chunked passes
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+CHUNK_ELEMENTS = 1 << 15  # ~128 KB of float32: the working set of a chunk stays in L2
+PARALLEL_MIN = 1 << 17  # below this many elements one thread is faster
+
+
+def num_threads() -> int:
+    """Threads for NumPy loss passes: MINICAFFE_NUM_THREADS, else min(2, CPU count)."""
+    env = os.environ.get("MINICAFFE_NUM_THREADS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            warnings.warn(f"MINICAFFE_NUM_THREADS={env!r} is not an integer; using 1", stacklevel=2)
+            return 1
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def _get_pool(n: int) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < n:
+            _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="minicaffe-loss")
+        return _pool
+
+
+class ChunkPlan:
+    """Slices of an ``(O, C, I)`` array into chunks of about ``CHUNK_ELEMENTS`` elements, split
+    into contiguous groups (one per thread). On a GPU the whole array is one chunk."""
+
+    def __init__(self, xp, O: int, C: int, I: int, *, target: int = CHUNK_ELEMENTS):
+        self.key = (O, C, I)
+        full = (slice(None), slice(None))
+        total = O * C * I
+        if xp is not np or total <= target:
+            self.chunks = [full]
+        elif C * I <= target:
+            rows = max(1, target // (C * I))
+            self.chunks = [(slice(o, min(O, o + rows)), slice(None)) for o in range(0, O, rows)]
+        else:
+            cols = max(1, target // C)
+            self.chunks = [
+                (slice(o, o + 1), slice(i, min(I, i + cols)))
+                for o in range(O)
+                for i in range(0, I, cols)
+            ]
+        threads = num_threads() if xp is np and total >= PARALLEL_MIN else 1
+        threads = min(threads, len(self.chunks))
+        k = len(self.chunks)
+        self.groups = [
+            self.chunks[j * k // threads : (j + 1) * k // threads] for j in range(threads)
+        ]
+        self.chunk_size = max(1, total if len(self.chunks) == 1 else max(target, C))
+
+    def run(self, fn, *args) -> None:
+        """``fn(group_index, chunks, *args)`` for every group; groups run in parallel threads."""
+        if len(self.groups) == 1:
+            fn(0, self.groups[0], *args)
+            return
+        pool = _get_pool(len(self.groups))
+        futures = [pool.submit(fn, j, g, *args) for j, g in enumerate(self.groups[1:], 1)]
+        fn(0, self.groups[0], *args)
+        for f in futures:
+            f.result()
+
+
+def softmax_lse(xp, x3, lse3, plan: ChunkPlan, scratch) -> None:
+    """``lse3 = log(sum_c exp(x3))`` along axis 1 of ``x3`` (O, C, I); ``lse3`` is (O, 1, I).
+
+    Each chunk is shifted by its own maximum (one scalar subtraction instead of a broadcast),
+    and a chunk where some position's sum would underflow is redone with per-position maxima,
+    so the result is the stable log-sum-exp. ``scratch``: one flat buffer per thread group.
+    """
+
+    def work(j, chunks):
+        buf = scratch[j]
+        for so, si in chunks:
+            xc, lc = x3[so, :, si], lse3[so, :, si]
+            e = buf[: xc.size].reshape(xc.shape)
+            m = xc.max()
+            xp.subtract(xc, m, out=e)
+            xp.exp(e, out=e)
+            xp.sum(e, axis=1, keepdims=True, out=lc)
+            if xp is np and lc.min() < _SAFE_SUM[lc.dtype.char]:
+                m = xc.max(axis=1, keepdims=True)
+                xp.subtract(xc, m, out=e)
+                xp.exp(e, out=e)
+                xp.sum(e, axis=1, keepdims=True, out=lc)
+            xp.log(lc, out=lc)
+            lc += m
+
+    if x3.size == 0:
+        return
+    if xp is not np:  # one pass with per-position maxima; no host check
+        m = x3.max(axis=1, keepdims=True)
+        e = scratch[0][: x3.size].reshape(x3.shape)
+        xp.subtract(x3, m, out=e)
+        xp.exp(e, out=e)
+        xp.sum(e, axis=1, keepdims=True, out=lse3)
+        xp.log(lse3, out=lse3)
+        lse3 += m
+        return
+    with np.errstate(under="ignore", over="ignore"):
+        plan.run(work)
+
+
+# sums below sqrt(tiny) mean the chunk maximum was far above this position's maximum
+_SAFE_SUM = {
+    "f": float(np.sqrt(np.finfo(np.float32).tiny)),
+    "d": float(np.sqrt(np.finfo(np.float64).tiny)),
+    "e": float(np.sqrt(np.finfo(np.float16).tiny)),
+}
+
+
+def exp_shifted(xp, x3, shift3, out3, plan: ChunkPlan, *, negate: bool = False) -> None:
+    """``out3 = exp(x3 - shift3)`` (negated when ``negate``), chunk by chunk (in place allowed).
+
+    With ``shift3 = lse - log(c)`` this writes ``c * softmax(x)`` in two passes per chunk; a
+    position with ``c = 0`` has shift +inf and gets exact zeros.
+    """
+
+    def work(j, chunks):
+        for so, si in chunks:
+            oc = out3[so, :, si]
+            xp.subtract(x3[so, :, si], shift3[so, :, si], out=oc)
+            xp.exp(oc, out=oc)
+            if negate:
+                xp.negative(oc, out=oc)
+
+    if x3.size == 0:
+        return
+    if xp is not np:
+        work(0, [(slice(None), slice(None))])
+        return
+    with np.errstate(under="ignore", over="ignore", invalid="ignore"):
+        plan.run(work)
