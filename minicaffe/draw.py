@@ -87,7 +87,11 @@ def get_layer_label(layer, rankdir: str, display_lrm: bool = False) -> str:
 
 
 def _escape(text: str) -> str:
-    return str(text).replace("\\", "\\\\").replace('"', '\\"')
+    """Text for a record-shaped node's label: DOT string escapes plus the record specials."""
+    out = str(text).replace("\\", "\\\\").replace('"', '\\"')
+    for ch in "{}|<>":
+        out = out.replace(ch, "\\" + ch)
+    return out
 
 
 def _included(layer, phase) -> bool:
