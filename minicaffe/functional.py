@@ -707,3 +707,34 @@ class PoolPlan:
                 sel = miss[osl] & (last[osl] == p)
                 ys = y[osl]
                 ys[sel] = x[isl][sel]
+
+
+# ---------------------------------------------------------------------------------- LRN helpers
+def window_sum(xp, padded, axis: int, size: int, out) -> None:
+    """out = sum of ``size`` consecutive slices of ``padded`` along ``axis`` (a sliding-window
+    sum; ``padded`` is ``size - 1`` longer than ``out`` on that axis)."""
+    n = out.shape[axis]
+
+    def sl(o):
+        idx = [slice(None)] * padded.ndim
+        idx[axis] = slice(o, o + n)
+        return padded[tuple(idx)]
+
+    out[...] = sl(0)
+    for o in range(1, size):
+        xp.add(out, sl(o), out=out)
+
+
+def negative_power(xp, base, beta: float, out) -> None:
+    """out = base ** -beta, with fast exact forms for the common betas 0.75, 0.5 and 1."""
+    if beta == 0.75:
+        xp.sqrt(base, out=out)
+        out *= xp.sqrt(out)
+        xp.reciprocal(out, out=out)
+    elif beta == 0.5:
+        xp.sqrt(base, out=out)
+        xp.reciprocal(out, out=out)
+    elif beta == 1.0:
+        xp.reciprocal(base, out=out)
+    else:
+        xp.power(base, -beta, out=out)
