@@ -579,7 +579,8 @@ class ChunkPlan:
     """Slices of an ``(O, C, I)`` array into chunks of about ``CHUNK_ELEMENTS`` elements, split
     into contiguous groups (one per thread). On a GPU the whole array is one chunk."""
 
-    def __init__(self, xp, O: int, C: int, I: int, *, target: int = CHUNK_ELEMENTS):
+    def __init__(self, xp, O: int, C: int, I: int, *, target: int | None = None):
+        target = CHUNK_ELEMENTS if target is None else target
         self.key = (O, C, I)
         full = (slice(None), slice(None))
         total = O * C * I
