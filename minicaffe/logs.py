@@ -152,10 +152,10 @@ def _stamp(line: str, year: int) -> _dt.datetime | None:
 def parse_log(path: str) -> tuple[list[dict], list[dict]]:
     """(train rows, test rows) from a Caffe or minicaffe training log.
 
-    Each row is a dict: NumIters, Seconds (since the ``Solving`` line, else the first stamped
-    line), LearningRate (the rate of that iteration's update for train rows; the latest one
-    logged for test rows), then one entry per net output name. Test rows from several test nets
-    at one iteration get a ``TestNet`` column.
+    Each row is a dict: NumIters, Seconds (since the run's ``Solving`` line, else the first
+    stamped line), LearningRate (the rate of that iteration's update for train rows; the latest
+    one logged for test rows; rows before any logged rate take the first one), then one entry
+    per net output name. With several test nets, test rows get a ``TestNet`` column.
     """
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
@@ -164,11 +164,6 @@ def parse_log(path: str) -> tuple[list[dict], list[dict]]:
         raise MinicaffeError(f"{path}: cannot read the log ({exc.strerror})") from None
     year = _dt.datetime.fromtimestamp(os.path.getmtime(path)).year
     start = None
-    for line in lines:
-        if "Solving" in line:
-            start = _stamp(line, year)
-            if start is not None:
-                break
     train: list[dict] = []
     test: list[dict] = []
     iteration = None
@@ -183,7 +178,7 @@ def parse_log(path: str) -> tuple[list[dict], list[dict]]:
                 year += 1  # the log crossed new year
                 stamp = stamp.replace(year=year)
             prev_stamp = stamp
-            if start is None:
+            if start is None or "Solving" in line:  # each run appended to the log restarts
                 start = stamp
         m = _RE_ITER.search(line)
         if m:
@@ -215,9 +210,14 @@ def parse_log(path: str) -> tuple[list[dict], list[dict]]:
                     row["TestNet"] = test_net
                 rows.append(row)
             row[name] = value
+    first_lr = next(
+        (r["LearningRate"] for r in train + test if r["LearningRate"] == r["LearningRate"]), None
+    )
     for rows in (train, test):
         for row in rows:
             del row["_key"]
+            if first_lr is not None and row["LearningRate"] != row["LearningRate"]:
+                row["LearningRate"] = first_lr  # rows before the first logged rate
             if not multi_test:
                 row.pop("TestNet", None)
     return train, test
@@ -237,10 +237,11 @@ def write_csv(rows: list[dict], path: str, delimiter: str = ",") -> None:
             writer.writerow(row)
 
 
-def plot_log(path: str, output: str, *, x: str = "iters") -> list[str]:
+def plot_log(path: str, output: str, *, x: str = "iters", log_y: bool = False) -> list[str]:
     """Draw loss (train and test) and accuracy (test) against iterations or seconds.
 
-    Returns the names of the curves drawn. Needs matplotlib (``pip install matplotlib``).
+    ``log_y`` draws the loss on a log scale. Runs appended to one log are drawn as separate
+    line pieces. Returns the names of the curves drawn. Needs matplotlib.
     """
     try:
         import matplotlib
@@ -261,8 +262,17 @@ def plot_log(path: str, output: str, *, x: str = "iters") -> list[str]:
     skip = {"NumIters", "Seconds", "LearningRate", "TestNet"}
 
     def series(rows, name):
-        pts = [(r[xkey], r[name]) for r in rows if name in r]
-        return [p[0] for p in pts], [p[1] for p in pts]
+        xs: list[float] = []
+        ys: list[float] = []
+        for r in rows:
+            if name not in r:
+                continue
+            if xs and r[xkey] < xs[-1]:  # a new run appended to the log: break the line
+                xs.append(float("nan"))
+                ys.append(float("nan"))
+            xs.append(r[xkey])
+            ys.append(r[name])
+        return xs, ys
 
     def names(rows):
         out: list[str] = []
@@ -280,9 +290,13 @@ def plot_log(path: str, output: str, *, x: str = "iters") -> list[str]:
     for ax, (title, curves) in zip(axes[:, 0], panels):
         for kind, name in curves:
             xs, ys = series(train if kind == "train" else test, name)
-            ax.plot(xs, ys, marker="" if kind == "train" else "o", label=f"{kind} {name}")
+            ax.plot(
+                xs, ys, marker="" if kind == "train" else "o", markersize=3, label=f"{kind} {name}"
+            )
             drawn.append(f"{kind} {name}")
         ax.set_ylabel(title)
+        if log_y and title == "loss":
+            ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
         ax.legend()
     axes[-1, 0].set_xlabel("seconds" if xkey == "Seconds" else "iterations")

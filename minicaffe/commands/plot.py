@@ -16,12 +16,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--x", choices=["iters", "seconds"], default="iters", help="horizontal axis (default iters)"
     )
+    p.add_argument("--log-y", action="store_true", help="loss on a logarithmic scale")
 
 
 def run(args) -> int:
     from minicaffe.logs import plot_log
 
     output = args.output or os.path.splitext(args.logfile)[0] + ".png"
-    drawn = plot_log(args.logfile, output, x=args.x)
+    drawn = plot_log(args.logfile, output, x=args.x, log_y=args.log_y)
     print(f"{output}: {', '.join(drawn)}")
     return 0
