@@ -64,12 +64,8 @@ class AccuracyLayer(Layer):
         count = labels.count if xp is np else xp.asarray(labels.count)
         top[0].data[...] = correct.sum() / xp.maximum(count, 1)
         if len(top) == 2:
-            weights = 1.0 if labels.valid is None else labels.valid.astype(self.dtype)
-            per_class = xp.bincount(
-                labels.y,
-                weights=xp.broadcast_to(xp.asarray(weights, dtype=self.dtype), labels.y.shape),
-                minlength=C,
-            )
+            weights = None if labels.valid is None else labels.valid.astype(self.dtype)
+            per_class = xp.bincount(labels.y, weights=weights, minlength=C)
             hits = xp.bincount(labels.y, weights=correct.astype(self.dtype), minlength=C)
             top[1].data[...] = xp.where(per_class > 0, hits / xp.maximum(per_class, 1), 0)
 

@@ -188,7 +188,7 @@ class SoftmaxWithLossLayer(ClassLossBase):
                 np.int32(has_ignore),
                 np.int32(ignore),
                 np.int32(weighted),
-                norm,
+                out=norm,
             )
             if self.mode == WEIGHTED and weighted:
                 cp.copyto(norm, cp.where(norm > 0, norm, 1.0))
