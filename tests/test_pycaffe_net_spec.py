@@ -44,7 +44,9 @@ def lenet(batch_size):
 
 
 def anon_lenet(batch_size):
-    data, label = L.DummyData(shape=dict(dim=[batch_size, 1, 28, 28]), ntop=2)
+    data, label = L.DummyData(shape=[dict(dim=[batch_size, 1, 28, 28]),
+                                     dict(dim=[batch_size, 1, 1, 1])],
+                              transform_param=dict(scale=1.0 / 255), ntop=2)
     conv1 = L.Convolution(data, kernel_size=5, num_output=20, weight_filler=dict(type="xavier"))
     pool1 = L.Pooling(conv1, kernel_size=2, stride=2, pool=P.Pooling.MAX)
     conv2 = L.Convolution(pool1, kernel_size=5, num_output=50, weight_filler=dict(type="xavier"))
