@@ -198,3 +198,21 @@ def test_transformer_errors(call, pattern):
     t = cio.Transformer({"data": (1, 3, 4, 5)})
     with pytest.raises(cio.TransformerError, match=pattern):
         call(t)
+
+
+def test_mean_binaryproto_workflow(tmp_path):
+    """The usual pycaffe recipe: parse a mean .binaryproto (legacy 4-D dims, as
+    compute_image_mean writes) with caffe_pb2 and turn it into an array."""
+    from minicaffe.prototxt import write_binaryproto
+
+    mean = np.arange(24, dtype=np.float32).reshape(3, 2, 4)
+    path = tmp_path / "mean.binaryproto"
+    write_binaryproto(str(path), mean, legacy=True)
+    blob = caffe_pb2.BlobProto()
+    blob.ParseFromString(path.read_bytes())
+    arr = np.array(cio.blobproto_to_array(blob))
+    assert arr.shape == (1, 3, 2, 4)
+    np.testing.assert_array_equal(arr[0], mean)
+    t = cio.Transformer({"data": (1, 3, 2, 4)})
+    t.set_mean("data", arr[0])
+    np.testing.assert_array_equal(t.mean["data"], mean)
