@@ -670,6 +670,9 @@ class Solver:
         self.last_lr = rate
         if p.display and self.iter % p.display == 0:
             log.info("Iteration %d, lr = %s", self.iter, _fmt(rate), extra={"mc_kind": "display"})
+        if self.fused_rule and (self.device.is_gpu or self._fused_reference):
+            self._apply_fused(rate)
+            return
         self.clip_gradients()
         for pid in range(len(self.net.learnable_params)):
             self.normalize(pid)
@@ -677,6 +680,42 @@ class Solver:
             self.compute_update_value(pid, rate)
         for blob in self.net.learnable_params:
             blob.data[...] -= blob.diff
+
+    # GPU: one fused kernel per parameter (minicaffe.gpu.updates) does clip/iter_size scaling,
+    # regularisation, the rule and w -= u. ``_fused_reference`` runs the same dispatch with the
+    # kernels' array-op twins, so the CPU tests check it against the xp path above.
+    fused_rule = ""
+    _fused_reference = False
+
+    def _apply_fused(self, rate: float) -> None:
+        from minicaffe.gpu import updates
+
+        def pick(name: str):
+            return getattr(updates, name + "_ref" if self._fused_reference else name)
+
+        p = self.param
+        params = self.net.learnable_params
+        scale = updates.clip_scale([b.diff for b in params], p.clip_gradients)
+        if p.clip_gradients >= 0 and p.display and self.iter % p.display == 0:
+            factor = float(scale)  # read only on display iterations (a host sync)
+            if factor < 1:
+                log.info(
+                    "Gradient clipping: scaling down gradients by scale factor %s "
+                    "(clip_gradients %s)",
+                    _fmt(factor),
+                    _fmt(p.clip_gradients),
+                )
+        if p.iter_size > 1:
+            scale = scale * float(np.float32(1.0 / p.iter_size))
+        for pid in range(len(params)):
+            decay = float(
+                np.float32(p.weight_decay) * np.float32(self.net.params_weight_decay[pid])
+            )
+            self.fused_update(pick, pid, self.local_rate(pid, rate), decay, scale)
+
+    def fused_update(self, pick, pid: int, lr: float, decay: float, scale) -> None:
+        """Call the rule's fused kernel ``pick("<rule>_update")`` for learnable param ``pid``."""
+        raise NotImplementedError
 
     def clip_gradients(self) -> None:
         clip = self.param.clip_gradients

@@ -40,3 +40,21 @@ class AdaDeltaSolver(Solver):
         hu *= m
         hu += a
         g *= self.local_rate(pid, rate)
+
+    fused_rule = "adadelta"
+
+    def fused_update(self, pick, pid, lr, decay, scale) -> None:
+        blob = self.net.learnable_params[pid]
+        n = len(self.net.learnable_params)
+        pick("adadelta_update")(
+            blob.data,
+            blob.diff,
+            self.history[pid],
+            self.history[n + pid],
+            lr=lr,
+            momentum=self.param.momentum,
+            delta=self.param.delta,
+            decay=decay,
+            regularization=self.param.regularization_type,
+            scale=scale,
+        )

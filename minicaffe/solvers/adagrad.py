@@ -30,3 +30,18 @@ class AdaGradSolver(Solver):
         tmp += self.param.delta
         xp.divide(g, tmp, out=g)
         g *= self.local_rate(pid, rate)
+
+    fused_rule = "adagrad"
+
+    def fused_update(self, pick, pid, lr, decay, scale) -> None:
+        blob = self.net.learnable_params[pid]
+        pick("adagrad_update")(
+            blob.data,
+            blob.diff,
+            self.history[pid],
+            lr=lr,
+            delta=self.param.delta,
+            decay=decay,
+            regularization=self.param.regularization_type,
+            scale=scale,
+        )

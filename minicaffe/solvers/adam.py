@@ -42,3 +42,23 @@ class AdamSolver(Solver):
         tmp += self.param.delta
         xp.divide(m, tmp, out=g)
         g *= float(np.float32(self.local_rate(pid, rate)) * correction)
+
+    fused_rule = "adam"
+
+    def fused_update(self, pick, pid, lr, decay, scale) -> None:
+        blob = self.net.learnable_params[pid]
+        n = len(self.net.learnable_params)
+        pick("adam_update")(
+            blob.data,
+            blob.diff,
+            self.history[pid],
+            self.history[n + pid],
+            lr=lr,
+            t=self.iter + 1,
+            beta1=self.param.momentum,
+            beta2=self.param.momentum2,
+            delta=self.param.delta,
+            decay=decay,
+            regularization=self.param.regularization_type,
+            scale=scale,
+        )

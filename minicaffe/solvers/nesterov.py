@@ -26,3 +26,18 @@ class NesterovSolver(Solver):
         old *= -m
         self.net.learnable_params[pid].xp.multiply(v, 1.0 + m, out=g)
         g += old
+
+    fused_rule = "nesterov"
+
+    def fused_update(self, pick, pid, lr, decay, scale) -> None:
+        blob = self.net.learnable_params[pid]
+        pick("nesterov_update")(
+            blob.data,
+            blob.diff,
+            self.history[pid],
+            lr=lr,
+            momentum=self.param.momentum,
+            decay=decay,
+            regularization=self.param.regularization_type,
+            scale=scale,
+        )

@@ -37,3 +37,19 @@ class RMSPropSolver(Solver):
         tmp += self.param.delta
         xp.divide(g, tmp, out=g)
         g *= self.local_rate(pid, rate)
+
+    fused_rule = "rmsprop"
+
+    def fused_update(self, pick, pid, lr, decay, scale) -> None:
+        blob = self.net.learnable_params[pid]
+        pick("rmsprop_update")(
+            blob.data,
+            blob.diff,
+            self.history[pid],
+            lr=lr,
+            rms_decay=self.param.rms_decay,
+            delta=self.param.delta,
+            decay=decay,
+            regularization=self.param.regularization_type,
+            scale=scale,
+        )

@@ -23,3 +23,18 @@ class SGDSolver(Solver):
         v *= self.param.momentum
         v += g
         g[...] = v
+
+    fused_rule = "sgd"
+
+    def fused_update(self, pick, pid, lr, decay, scale) -> None:
+        blob = self.net.learnable_params[pid]
+        pick("sgd_update")(
+            blob.data,
+            blob.diff,
+            self.history[pid],
+            lr=lr,
+            momentum=self.param.momentum,
+            decay=decay,
+            regularization=self.param.regularization_type,
+            scale=scale,
+        )
