@@ -519,13 +519,16 @@ class Solver:
                 if on_start is not None:
                     on_start()
             display = bool(p.display) and self.iter % p.display == 0
-            self.net.debug_info = display and p.debug_info
+            debug = display and p.debug_info
+            self.net.debug_info = debug
             loss = self.net.forward_backward()
             for _ in range(p.iter_size - 1):
                 loss = loss + self.net.forward_backward()
             if p.iter_size > 1:
                 loss = loss / p.iter_size
             self._update_smoothed_loss(loss, start_iter)
+            if debug:
+                _debug_forward_backward(self.net)
             if display:
                 self._display()
             self._check_finite(loss)
@@ -533,6 +536,8 @@ class Solver:
                 if on_ready is not None:
                     on_ready()
             self.apply_update()
+            if debug:
+                _debug_update(self.net)
             self.iter += 1
             for fn in self._progress:
                 fn(self)
@@ -931,6 +936,66 @@ def _output_lines(net, kind: str, values):
             else ""
         )
         yield f"    {kind} net output #{k}: {name} = {_fmt(v)}{extra}"
+
+
+def _abs_mean(arr) -> str:
+    xp = backend.array_module(arr)
+    return _fmt(float(xp.abs(arr).mean())) if arr.size else "0"
+
+
+def _debug_forward_backward(net) -> None:
+    """Caffe's debug_info lines (mean absolute values) for the pass just run. Blobs computed in
+    place show their final value."""
+    lps = net.net_param.layer
+    for li, lp in enumerate(lps):
+        for ti, blob in enumerate(net._top_vecs[li][: len(lp.top)]):
+            log.info(
+                "    [Forward] Layer %s, top blob %s data: %s",
+                lp.name,
+                lp.top[ti],
+                _abs_mean(blob.data),
+            )
+        for pi, blob in enumerate(net.layers[li].blobs):
+            log.info(
+                "    [Forward] Layer %s, param blob %d data: %s", lp.name, pi, _abs_mean(blob.data)
+            )
+    for li in range(len(lps) - 1, -1, -1):
+        lp = lps[li]
+        if not net.layer_need_backward[li]:
+            continue
+        for bi, blob in enumerate(net._bottom_vecs[li]):
+            if net.bottom_need_backward[li][bi]:
+                log.info(
+                    "    [Backward] Layer %s, bottom blob %s diff: %s",
+                    lp.name,
+                    lp.bottom[bi],
+                    _abs_mean(blob.diff),
+                )
+        for pi, blob in enumerate(net.layers[li].blobs):
+            if (
+                pi < len(net.layers[li].param_propagate_down)
+                and net.layers[li].param_propagate_down[pi]
+            ):
+                log.info(
+                    "    [Backward] Layer %s, param blob %d diff: %s",
+                    lp.name,
+                    pi,
+                    _abs_mean(blob.diff),
+                )
+
+
+def _debug_update(net) -> None:
+    for k, (li, pi) in enumerate(net.param_layer_indices):
+        if net.param_owners[k] != -1:
+            continue
+        blob = net.layers[li].blobs[pi]
+        log.info(
+            "    [Update] Layer %s, param %s data: %s; diff: %s",
+            net.layers[li].name,
+            net.param_display_names[k],
+            _abs_mean(blob.data),
+            _abs_mean(blob.diff),
+        )
 
 
 def _nonfinite(arr) -> bool:

@@ -234,7 +234,8 @@ def test_nan_guard_names_in_place_layer(tmp_path, monkeypatch):
         .read_text()
         .replace(
             'layer { name: "diff"',
-            'layer { name: "root" type: "Power" bottom: "ip" top: "ip" power_param { power: 0.5 } }\n'
+            'layer { name: "root" type: "Power" bottom: "ip" top: "ip"\n'
+            "  power_param { power: 0.5 } }\n"
             'layer { name: "diff"',
         )
     )
@@ -325,3 +326,16 @@ def test_paths_relative_to_the_solver_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "job")
     s = get_solver(str(tmp_path / "job" / "solver.prototxt"))
     assert s.net.name == "reg"
+
+
+def test_debug_info_lines(reg, caplog):
+    s = reg("debug_info: true\ndisplay: 2\n")
+    with caplog.at_level("INFO", logger="minicaffe"):
+        s.step(2)
+    msgs = messages(caplog)
+    w = float(np.abs(s.net.params["ip"][0].data).mean())
+    assert any(m.startswith("    [Forward] Layer ip, top blob ip data: ") for m in msgs)
+    assert any(m.startswith("    [Backward] Layer ip, param blob 0 diff: ") for m in msgs)
+    update = [m for m in msgs if m.startswith("    [Update] Layer ip, param 0 data: ")]
+    assert len(update) == 1  # display iterations only (iteration 0 of 0, 1)
+    assert float(update[0].split("data: ")[1].split(";")[0]) != pytest.approx(w)  # step 2 moved
