@@ -624,6 +624,8 @@ def softmax_lse(xp, x3, lse3, plan: ChunkPlan, scratch) -> None:
     so the result is the stable log-sum-exp. ``scratch``: one flat buffer per thread group.
     """
 
+    ones = _ones(x3.shape[1], x3.dtype) if xp is np else None
+
     def work(j, chunks):
         buf = scratch[j]
         for so, si in chunks:
@@ -632,12 +634,12 @@ def softmax_lse(xp, x3, lse3, plan: ChunkPlan, scratch) -> None:
             m = xc.max()
             xp.subtract(xc, m, out=e)
             xp.exp(e, out=e)
-            xp.sum(e, axis=1, keepdims=True, out=lc)
-            if xp is np and lc.min() < _SAFE_SUM[lc.dtype.char]:
+            _class_sum(e, lc, ones)
+            if lc.min() < _SAFE_SUM[lc.dtype.char]:
                 m = xc.max(axis=1, keepdims=True)
                 xp.subtract(xc, m, out=e)
                 xp.exp(e, out=e)
-                xp.sum(e, axis=1, keepdims=True, out=lc)
+                _class_sum(e, lc, ones)
             xp.log(lc, out=lc)
             lc += m
 
@@ -654,6 +656,25 @@ def softmax_lse(xp, x3, lse3, plan: ChunkPlan, scratch) -> None:
         return
     with np.errstate(under="ignore", over="ignore"):
         plan.run(work)
+
+
+_ONES: dict = {}
+
+
+def _ones(n: int, dtype):
+    key = (n, np.dtype(dtype).char)
+    if key not in _ONES:
+        _ONES[key] = np.ones((n, 1), dtype=dtype)
+    return _ONES[key]
+
+
+def _class_sum(e, out, ones) -> None:
+    """``out = e.sum(axis=1, keepdims=True)`` for e (r, C, i), through BLAS (several times
+    faster than a NumPy reduction over the middle axis)."""
+    if e.shape[2] == 1:
+        np.matmul(e[:, :, 0], ones, out=out[:, :, 0])
+    else:
+        np.matmul(ones.T, e, out=out)
 
 
 # sums below sqrt(tiny) mean the chunk maximum was far above this position's maximum

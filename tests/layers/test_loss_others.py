@@ -361,3 +361,18 @@ def test_net_two_top_loss_force_backward_and_accuracy(tmp_path):
     net.backward()
     np.testing.assert_allclose(net.blobs["ip"].diff, 2 * grad, rtol=1e-4, atol=1e-7)
     assert not np.any(net.blobs["label"].diff)  # force_backward never reaches the label
+
+
+def test_net_softmax_engine_cudnn_falls_back_to_numpy_with_a_warning(tmp_path, monkeypatch):
+    from minicaffe import TRAIN, Net, backend
+
+    monkeypatch.setattr(backend, "_cupy", None)
+    monkeypatch.setattr(backend, "_cupy_checked", True)  # as on a machine without a GPU
+    path = tmp_path / "net.prototxt"
+    path.write_text(NET.replace("engine: CAFFE", "engine: CUDNN"))
+    with pytest.warns(RuntimeWarning, match="engine CUDNN requested.*layers loss"):
+        net = Net(str(path), TRAIN)
+    assert net.layer_dict["loss"].xp is np
+    net.blobs["label"].data[...] = [0, 1, 2, 1]
+    net.forward()
+    assert np.isfinite(float(net.blobs["loss"].data))
