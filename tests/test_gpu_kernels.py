@@ -712,3 +712,52 @@ def test_gpu_host_to_device_pinned_copy(cp):
         src = np.full((4, 5), k, np.float64)
         stage.copy(src, dst)
         np.testing.assert_array_equal(dst.get(), src)
+
+
+# ============================================================================ tools
+
+
+TOOLS = __import__("pathlib").Path(__file__).resolve().parent.parent / "tools"
+
+
+@pytest.mark.skipif(backend.gpu_available(), reason="checks the no-GPU message")
+def test_bench_gpu_without_gpu_prints_one_line_and_exits_0():
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, str(TOOLS / "bench_gpu.py")], capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 1 and "CuPy with a CUDA device is not available" in lines[0]
+
+
+def test_resnet50_prototxt_is_generated_and_current():
+    import importlib.util
+    from collections import Counter
+
+    from minicaffe.prototxt import read_net_param
+
+    spec = importlib.util.spec_from_file_location("gen_resnet50", TOOLS / "gen_resnet50.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    text = gen.resnet50_prototxt()
+    assert (TOOLS / "nets" / "resnet50_deploy.prototxt").read_text() == text
+    param = read_net_param(text)
+    kinds = Counter(layer.type for layer in param.layer)
+    assert kinds["Convolution"] == 53 and kinds["BatchNorm"] == 53 and kinds["Scale"] == 53
+    assert kinds["Eltwise"] == 16 and kinds["ReLU"] == 49 and kinds["InnerProduct"] == 1
+    names = {layer.name for layer in param.layer}
+    assert {"conv1", "bn_conv1", "scale_conv1", "res2a_branch1", "res5c", "fc1000"} <= names
+    strided = [
+        l.name for l in param.layer if l.type == "Convolution" and l.convolution_param.stride == [2]
+    ]
+    assert strided == [
+        "conv1",
+        "res3a_branch1",
+        "res3a_branch2a",
+        "res4a_branch1",
+        "res4a_branch2a",
+        "res5a_branch1",
+        "res5a_branch2a",
+    ]
