@@ -1,0 +1,255 @@
+"""Convolution: Caffe goldens, a direct reference, gradients over the options, every plan."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from minicaffe import functional
+from minicaffe.errors import LayerError, ShapeError
+from tests.golden import replay
+from tests.helpers import check_gradient, make_layer, run_forward
+
+CASES = [
+    "conv_basic",
+    "conv_pad1_stride2",
+    "conv_rect",
+    "conv_dilation",
+    "conv_group",
+    "conv_nobias",
+    "conv_1x1",
+    "conv_two_bottoms",
+    "conv_nd_3d",
+]
+
+
+@pytest.fixture(params=["auto", "nchw", "chwn"])
+def layout(request, monkeypatch):
+    """Run with the automatic plan choice and with each 2-D plan forced, tiles of ~300 values
+    (many row/image tiles)."""
+    monkeypatch.setattr(functional, "CONV_LAYOUT", request.param)
+    if request.param != "auto":
+        monkeypatch.setattr(functional, "TILE_ELEMS", 300)
+    return request.param
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_golden(case, xp, layout):
+    replay(case, xp=xp)
+
+
+def reference_conv(x, w, b, stride, pad, dilation, group):
+    """Direct N-d convolution with loops over output positions (test-only reference)."""
+    n, c = x.shape[:2]
+    o = w.shape[0]
+    nd = x.ndim - 2
+    xp_ = np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in pad])
+    k = w.shape[2:]
+    out = [
+        (x.shape[2 + i] + 2 * pad[i] - (dilation[i] * (k[i] - 1) + 1)) // stride[i] + 1
+        for i in range(nd)
+    ]
+    y = np.zeros((n, o, *out))
+    cg, og = c // group, o // group
+    for pos in itertools.product(*[range(s) for s in out]):
+        sl = tuple(
+            slice(
+                pos[i] * stride[i], pos[i] * stride[i] + dilation[i] * (k[i] - 1) + 1, dilation[i]
+            )
+            for i in range(nd)
+        )
+        patch = xp_[(slice(None), slice(None)) + sl]  # (n, c, *k)
+        for g in range(group):
+            pg = patch[:, g * cg : (g + 1) * cg].reshape(n, -1)
+            wg = w[g * og : (g + 1) * og].reshape(og, -1)
+            y[(slice(None), slice(g * og, (g + 1) * og)) + pos] = pg @ wg.T
+    if b is not None:
+        y += b.reshape((1, -1) + (1,) * nd)
+    return y
+
+
+PARAMS = [
+    # (convolution_param text, input shape)
+    ("num_output: 4 kernel_size: 3", (2, 3, 6, 5)),
+    ("num_output: 3 kernel_size: 3 pad: 1 stride: 2", (2, 2, 7, 6)),
+    (
+        "num_output: 2 kernel_h: 3 kernel_w: 2 pad_h: 1 pad_w: 0 stride_h: 2 stride_w: 1",
+        (2, 3, 6, 5),
+    ),
+    ("num_output: 4 kernel_size: 2 dilation: 2 pad: 1", (2, 2, 6, 6)),
+    ("num_output: 4 kernel_size: 3 group: 2 pad: 1", (2, 4, 5, 5)),
+    ("num_output: 3 kernel_size: 3 bias_term: false", (1, 2, 5, 5)),
+    ("num_output: 5 kernel_size: 1", (2, 3, 3, 4)),
+    ("num_output: 4 kernel_size: 1 group: 2 stride: 2", (2, 4, 5, 5)),
+    ("num_output: 2 kernel_size: 2 kernel_size: 3 stride: 1 stride: 2 pad: 0 pad: 1", (2, 2, 4, 5)),
+    ("num_output: 3 kernel_size: 3 force_nd_im2col: true pad: 1", (2, 2, 4, 4)),
+    ("num_output: 2 kernel_size: 2 kernel_size: 2 kernel_size: 3 pad: 1", (1, 2, 3, 3, 4)),
+    ("num_output: 3 kernel_size: 2 axis: 2", (2, 1, 2, 4, 4)),
+]
+
+
+def _weights(layer):
+    return [layer.blobs[i].data for i in range(len(layer.blobs))]
+
+
+def _make(param, shape, seed=0, xp=np):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape)
+    text = (
+        f"type: 'Convolution' convolution_param {{ {param} "
+        "weight_filler { type: 'gaussian' std: 0.5 } bias_filler { type: 'uniform' min: -1 max: 1 } }"
+    )
+    layer, bottom, top = make_layer(text, [x], xp=xp)
+    return layer, bottom, top, x
+
+
+def _spatial(layer):
+    return layer.stride, layer.pad, layer.dilation, layer.group
+
+
+@pytest.mark.parametrize("param,shape", PARAMS)
+def test_forward_matches_reference(param, shape, layout):
+    layer, bottom, top, x = _make(param, shape)
+    (y,) = run_forward(layer, bottom, top)
+    ws = _weights(layer)
+    if layer.channel_axis != 1:  # fold the leading axes into the batch for the reference
+        lead = x.shape[: layer.channel_axis]
+        x = x.reshape((-1,) + x.shape[layer.channel_axis :])
+        y = y.reshape((-1,) + y.shape[layer.channel_axis :])
+        assert y.shape[0] == int(np.prod(lead))
+    ref = reference_conv(x, ws[0], ws[1] if len(ws) > 1 else None, *_spatial(layer))
+    np.testing.assert_allclose(y, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("param,shape", PARAMS[:9])
+def test_gradient(param, shape, layout):
+    layer, bottom, top, _ = _make(param, shape, seed=1)
+    check_gradient(layer, bottom, top)
+
+
+def test_gradient_two_bottoms_accumulates_weights():
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((1, 2, 4, 4)) for _ in range(2)]
+    layer, bottom, top = make_layer(
+        "type: 'Convolution' top: 'a' top: 'b' convolution_param { num_output: 2 kernel_size: 3 "
+        "pad: 1 weight_filler { type: 'gaussian' std: 0.5 } }",
+        xs,
+    )
+    check_gradient(layer, bottom, top)
+
+
+def test_weight_gradient_accumulates_and_bottom_is_assigned():
+    layer, bottom, top, _ = _make("num_output: 2 kernel_size: 3", (2, 2, 5, 5), seed=4)
+    run_forward(layer, bottom, top)
+    top[0].diff[...] = 1.0
+    for p in layer.blobs:
+        p.diff.fill(0)
+    layer.backward(top, [True], bottom)
+    once = [p.diff.copy() for p in layer.blobs]
+    dx_once = bottom[0].diff.copy()
+    layer.backward(top, [True], bottom)
+    for p, g in zip(layer.blobs, once):
+        np.testing.assert_allclose(p.diff, 2 * g)
+    np.testing.assert_allclose(bottom[0].diff, dx_once)
+
+
+def test_reshape_to_new_batch_and_size():
+    layer, bottom, top, _ = _make("num_output: 3 kernel_size: 3 pad: 1", (2, 2, 5, 5))
+    run_forward(layer, bottom, top)
+    bottom[0].reshape((3, 2, 7, 6))
+    bottom[0].data[...] = np.random.default_rng(5).standard_normal((3, 2, 7, 6))
+    (y,) = run_forward(layer, bottom, top)
+    assert y.shape == (3, 3, 7, 6)
+    ws = _weights(layer)
+    np.testing.assert_allclose(y, reference_conv(bottom[0].data, ws[0], ws[1], *_spatial(layer)))
+
+
+def test_float32_matches_float64():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((4, 3, 9, 9))
+    text = (
+        "type: 'Convolution' convolution_param { num_output: 8 kernel_size: 3 pad: 1 "
+        "weight_filler { type: 'xavier' } }"
+    )
+    l64, b64, t64 = make_layer(text, [x])
+    l32, b32, t32 = make_layer(text, [x], dtype=np.float32)
+    l32.blobs[0].data[...] = l64.blobs[0].data
+    np.testing.assert_allclose(
+        run_forward(l32, b32, t32)[0], run_forward(l64, b64, t64)[0], rtol=1e-4, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "param,shape,err,match",
+    [
+        ("num_output: 4 kernel_size: 3 group: 2", (1, 3, 5, 5), ShapeError, "divisible by group"),
+        ("num_output: 3 kernel_size: 3 group: 2", (1, 4, 5, 5), LayerError, "num_output"),
+        ("num_output: 2 kernel_size: 7", (1, 1, 5, 5), ShapeError, "does not fit"),
+        ("num_output: 2 kernel_size: 3 dilation: 3", (1, 1, 5, 5), ShapeError, "does not fit"),
+        ("num_output: 2", (1, 1, 5, 5), LayerError, "kernel_size"),
+        (
+            "num_output: 2 kernel_size: 3 kernel_h: 3 kernel_w: 3",
+            (1, 1, 5, 5),
+            LayerError,
+            "not both",
+        ),
+        ("num_output: 2 kernel_h: 3", (1, 1, 5, 5), LayerError, "together"),
+        ("num_output: 2 kernel_size: 3 stride: 0", (1, 1, 5, 5), LayerError, "stride"),
+        (
+            "num_output: 2 kernel_size: 3 kernel_size: 3",
+            (1, 1, 4, 5, 5),
+            LayerError,
+            "once per spatial axis",
+        ),
+        ("num_output: 2 kernel_h: 2 kernel_w: 2", (1, 1, 4, 5, 5), LayerError, "2-D"),
+        ("kernel_size: 3", (1, 1, 5, 5), LayerError, "num_output"),
+        ("num_output: 2 kernel_size: 1 axis: 3", (1, 1, 5, 5), ShapeError, "spatial axis"),
+    ],
+)
+def test_errors(param, shape, err, match):
+    with pytest.raises(err, match=match):
+        _make(param, shape)
+
+
+def test_error_names_layer_and_channel_change():
+    layer, bottom, top, _ = _make("num_output: 2 kernel_size: 3", (1, 2, 5, 5))
+    bottom[0].reshape((1, 3, 5, 5))
+    with pytest.raises(ShapeError, match=r"layer 'layer' \(Convolution\).*2 channels"):
+        layer.reshape(bottom, top)
+
+
+def test_given_weights_of_wrong_shape_are_rejected():
+    from google.protobuf import text_format
+
+    from minicaffe.proto import caffe_pb2
+    from minicaffe.registry import create_layer
+    from minicaffe.blob import Blob
+    from minicaffe.backend import CPU_DEVICE
+
+    lp = caffe_pb2.LayerParameter()
+    text_format.Merge(
+        "name: 'c' type: 'Convolution' convolution_param { num_output: 2 kernel_size: 3 } "
+        "blobs { shape { dim: 2 dim: 1 dim: 2 dim: 2 } data: [1,2,3,4,5,6,7,8] }",
+        lp,
+    )
+    layer = create_layer(lp, phase=0, device=CPU_DEVICE, dtype=np.float64)
+    x = Blob(1, 1, 4, 4, dtype=np.float64)
+    with pytest.raises(ShapeError, match="parameter blob 0"):
+        layer.set_up([x], [Blob(dtype=np.float64)])
+
+
+def test_plan_choice():
+    geom = functional.ConvGeometry((5, 5), (1, 1), (0, 0), (1, 1), (28, 28))
+    assert isinstance(
+        functional.make_conv_plan(np, np.float32, 64, 1, 20, geom, 1), functional.Conv2dDirectPlan
+    )
+    geom = functional.ConvGeometry((5, 5), (1, 1), (0, 0), (1, 1), (12, 12))
+    assert isinstance(
+        functional.make_conv_plan(np, np.float32, 64, 20, 50, geom, 1), functional.Conv2dPlan
+    )
+    geom = functional.ConvGeometry((1, 1), (1, 1), (0, 0), (1, 1), (7, 7))
+    assert isinstance(
+        functional.make_conv_plan(np, np.float32, 2, 8, 4, geom, 1), functional.Conv1x1Plan
+    )
