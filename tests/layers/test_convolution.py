@@ -99,7 +99,8 @@ def _make(param, shape, seed=0, xp=np):
     x = rng.standard_normal(shape)
     text = (
         f"type: 'Convolution' convolution_param {{ {param} "
-        "weight_filler { type: 'gaussian' std: 0.5 } bias_filler { type: 'uniform' min: -1 max: 1 } }"
+        "weight_filler { type: 'gaussian' std: 0.5 } "
+        "bias_filler { type: 'uniform' min: -1 max: 1 } }"
     )
     layer, bottom, top = make_layer(text, [x], xp=xp)
     return layer, bottom, top, x
@@ -223,10 +224,10 @@ def test_error_names_layer_and_channel_change():
 def test_given_weights_of_wrong_shape_are_rejected():
     from google.protobuf import text_format
 
+    from minicaffe.backend import CPU_DEVICE
+    from minicaffe.blob import Blob
     from minicaffe.proto import caffe_pb2
     from minicaffe.registry import create_layer
-    from minicaffe.blob import Blob
-    from minicaffe.backend import CPU_DEVICE
 
     lp = caffe_pb2.LayerParameter()
     text_format.Merge(

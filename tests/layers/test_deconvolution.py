@@ -63,7 +63,8 @@ def _make(param, shape, seed=0):
     x = np.random.default_rng(seed).standard_normal(shape)
     text = (
         f"type: 'Deconvolution' convolution_param {{ {param} "
-        "weight_filler { type: 'gaussian' std: 0.5 } bias_filler { type: 'uniform' min: -1 max: 1 } }"
+        "weight_filler { type: 'gaussian' std: 0.5 } "
+        "bias_filler { type: 'uniform' min: -1 max: 1 } }"
     )
     layer, bottom, top = make_layer(text, [x])
     return layer, bottom, top, x

@@ -126,7 +126,8 @@ def test_max_ties_go_to_first_in_row_major_order():
     x[0, 0, 1, 0] = x[0, 0, 0, 1] = 1.0  # tie inside the first window: (0, 1) comes first
     for phase in (caffe_pb2.TRAIN, caffe_pb2.TEST):
         layer, bottom, top = make_layer(
-            "top: 'y' top: 'm' type: 'Pooling' pooling_param { pool: MAX kernel_size: 2 stride: 2 }",
+            "top: 'y' top: 'm' type: 'Pooling' "
+            "pooling_param { pool: MAX kernel_size: 2 stride: 2 }",
             [x],
             phase=phase,
         )
