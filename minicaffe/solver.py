@@ -675,7 +675,7 @@ class Solver:
         self.last_lr = rate
         if p.display and self.iter % p.display == 0:
             log.info("Iteration %d, lr = %s", self.iter, _fmt(rate), extra={"mc_kind": "display"})
-        if self.fused_rule and (self.device.is_gpu or self._fused_reference):
+        if self._fusable() and (self.device.is_gpu or self._fused_reference):
             self._apply_fused(rate)
             return
         self.clip_gradients()
@@ -691,6 +691,20 @@ class Solver:
     # kernels' array-op twins, so the CPU tests check it against the xp path above.
     fused_rule = ""
     _fused_reference = False
+
+    def _fusable(self) -> bool:
+        """True unless a subclass replaced a step the fused kernel would skip."""
+        cls = type(self)
+
+        def owner(name):
+            return next(k for k in cls.__mro__ if name in k.__dict__)
+
+        rule_owner = owner("fused_update")
+        return (
+            bool(self.fused_rule)
+            and owner("compute_update_value") is rule_owner
+            and all(owner(n) is Solver for n in ("clip_gradients", "normalize", "regularize"))
+        )
 
     def _apply_fused(self, rate: float) -> None:
         from minicaffe.gpu import updates

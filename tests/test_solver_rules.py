@@ -227,3 +227,22 @@ def test_gpu_solver_matches_cpu(kind, fields):
     _drive(gpu, steps)
     for pc, pg in zip(cpu.net.learnable_params, gpu.net.learnable_params):
         np.testing.assert_allclose(backend.to_numpy(pg.data), pc.data, rtol=1e-5, atol=1e-6)
+
+
+def test_custom_rule_subclass_is_not_fused():
+    from minicaffe.solvers import SGDSolver
+
+    class SignSGD(SGDSolver):
+        def compute_update_value(self, pid, rate):
+            g = self.net.learnable_params[pid].diff
+            g[...] = np.sign(g) * self.local_rate(pid, rate)
+
+    p = caffe_pb2.SolverParameter(base_lr=0.1, lr_policy="fixed")
+    p.net_param.CopyFrom(input_net())
+    s = SignSGD(p)
+    s._fused_reference = True
+    assert not s._fusable() and make("SGD")._fusable()
+    before = s.net.learnable_params[0].data.copy()
+    s.net.learnable_params[0].diff[...] = 3.0
+    s.apply_update()
+    np.testing.assert_allclose(s.net.learnable_params[0].data, before - 0.1, rtol=1e-6)
