@@ -577,22 +577,35 @@ def _get_pool(n: int) -> ThreadPoolExecutor:
 
 class ChunkPlan:
     """Slices of an ``(O, C, I)`` array into chunks of about ``CHUNK_ELEMENTS`` elements, split
-    into contiguous groups (one per thread). On a GPU the whole array is one chunk."""
+    into contiguous groups (one per thread). On a GPU the whole array is one chunk.
+
+    A chunk is ``(o slice, i slice, a, b, contiguous)``: it covers the positions ``a..b-1`` of
+    the flattened (O*I) position list, so per-position work (label gathers and scatters) can
+    run while the chunk is in cache.
+    """
 
     def __init__(self, xp, O: int, C: int, I: int, *, target: int | None = None):
         target = CHUNK_ELEMENTS if target is None else target
         self.key = (O, C, I)
-        full = (slice(None), slice(None))
         total = O * C * I
         if xp is not np or total <= target:
-            self.chunks = [full]
+            self.chunks = [(slice(None), slice(None), 0, O * I, True)]
         elif C * I <= target:
             rows = max(1, target // (C * I))
-            self.chunks = [(slice(o, min(O, o + rows)), slice(None)) for o in range(0, O, rows)]
+            self.chunks = [
+                (slice(o, min(O, o + rows)), slice(None), o * I, min(O, o + rows) * I, True)
+                for o in range(0, O, rows)
+            ]
         else:
             cols = max(1, target // C)
             self.chunks = [
-                (slice(o, o + 1), slice(i, min(I, i + cols)))
+                (
+                    slice(o, o + 1),
+                    slice(i, min(I, i + cols)),
+                    o * I + i,
+                    o * I + min(I, i + cols),
+                    I == 1,
+                )
                 for o in range(O)
                 for i in range(0, I, cols)
             ]
@@ -616,44 +629,63 @@ class ChunkPlan:
             f.result()
 
 
-def softmax_lse(xp, x3, lse3, plan: ChunkPlan, scratch) -> None:
-    """``lse3 = log(sum_c exp(x3))`` along axis 1 of ``x3`` (O, C, I); ``lse3`` is (O, 1, I).
+def softmax_pass(
+    xp, x3, lse3, inv3, plan: ChunkPlan, *, keep=None, scratch=None, gather=None
+) -> None:
+    """One pass of the softmax over x3 (O, C, I) along axis 1, chunk by chunk.
 
-    Each chunk is shifted by its own maximum (one scalar subtraction instead of a broadcast),
-    and a chunk where some position's sum would underflow is redone with per-position maxima,
-    so the result is the stable log-sum-exp. ``scratch``: one flat buffer per thread group.
+    Writes per position ``lse3 = log(sum_c exp(x))`` and ``inv3 = 1 / sum_c exp(x - m)``, both
+    (O, 1, I), and, when ``keep`` (O, C, I) is given, ``keep = exp(x - m)``, so that
+    ``softmax = keep * inv3``. The shift ``m`` is chosen per chunk: 0 when the chunk's maximum
+    is small enough for exp not to overflow, else that maximum; a chunk where some position's
+    sum would underflow is redone with per-position maxima. Without ``keep`` the exponentials
+    go to ``scratch`` (one chunk-sized buffer per thread group) and are dropped.
+    ``gather = (flat x, idx, out)``: also ``out = flat_x[idx]`` while the chunk is in cache.
     """
-
-    ones = _ones(x3.shape[1], x3.dtype) if xp is np else None
-
-    def work(j, chunks):
-        buf = scratch[j]
-        for so, si in chunks:
-            xc, lc = x3[so, :, si], lse3[so, :, si]
-            e = buf[: xc.size].reshape(xc.shape)
-            m = xc.max()
-            xp.subtract(xc, m, out=e)
-            xp.exp(e, out=e)
-            _class_sum(e, lc, ones)
-            if lc.min() < _SAFE_SUM[lc.dtype.char]:
-                m = xc.max(axis=1, keepdims=True)
-                xp.subtract(xc, m, out=e)
-                xp.exp(e, out=e)
-                _class_sum(e, lc, ones)
-            xp.log(lc, out=lc)
-            lc += m
-
     if x3.size == 0:
         return
     if xp is not np:  # one pass with per-position maxima; no host check
         m = x3.max(axis=1, keepdims=True)
-        e = scratch[0][: x3.size].reshape(x3.shape)
+        e = keep if keep is not None else scratch[0][: x3.size].reshape(x3.shape)
         xp.subtract(x3, m, out=e)
         xp.exp(e, out=e)
-        xp.sum(e, axis=1, keepdims=True, out=lse3)
-        xp.log(lse3, out=lse3)
+        xp.sum(e, axis=1, keepdims=True, out=inv3)
+        xp.log(inv3, out=lse3)
         lse3 += m
+        xp.reciprocal(inv3, out=inv3)
+        if gather is not None:
+            xp.take(gather[0], gather[1], out=gather[2])
         return
+    ones = _ones(x3.shape[1], x3.dtype)
+    char = lse3.dtype.char
+    safe, big = _SAFE_SUM[char], _NO_SHIFT[char]
+
+    def work(j, chunks):
+        for so, si, a, b, contiguous in chunks:
+            xc, lc, ic = x3[so, :, si], lse3[so, :, si], inv3[so, :, si]
+            if keep is not None:
+                e = keep[so, :, si]
+            else:
+                e = scratch[j][: xc.size].reshape(xc.shape)
+            m = xc.max() if contiguous else xc.max(axis=1).max()
+            if m > big:
+                np.subtract(xc, m, out=e)
+                np.exp(e, out=e)
+            else:  # exp(x) cannot overflow: skip the shift
+                m = 0
+                np.exp(xc, out=e)
+            _class_sum(e, ic, ones)
+            if ic.min() < safe:
+                m = xc.max(axis=1, keepdims=True)
+                np.subtract(xc, m, out=e)
+                np.exp(e, out=e)
+                _class_sum(e, ic, ones)
+            np.log(ic, out=lc)
+            lc += m
+            np.reciprocal(ic, out=ic)
+            if gather is not None:
+                np.take(gather[0], gather[1][a:b], out=gather[2][a:b])
+
     with np.errstate(under="ignore", over="ignore"):
         plan.run(work)
 
@@ -677,33 +709,35 @@ def _class_sum(e, out, ones) -> None:
         np.matmul(ones.T, e, out=out)
 
 
-# sums below sqrt(tiny) mean the chunk maximum was far above this position's maximum
+# sums below sqrt(tiny) mean the chunk's shift was far above this position's maximum
 _SAFE_SUM = {
     "f": float(np.sqrt(np.finfo(np.float32).tiny)),
     "d": float(np.sqrt(np.finfo(np.float64).tiny)),
     "e": float(np.sqrt(np.finfo(np.float16).tiny)),
 }
+# chunk maxima up to these need no shift: exp stays finite (with room for C terms of the sum)
+_NO_SHIFT = {"f": 64.0, "d": 512.0, "e": 8.0}
 
 
-def exp_shifted(xp, x3, shift3, out3, plan: ChunkPlan, *, negate: bool = False) -> None:
-    """``out3 = exp(x3 - shift3)`` (negated when ``negate``), chunk by chunk (in place allowed).
+def scale_positions(xp, e3, f3, out3, plan: ChunkPlan, *, scatter=None) -> None:
+    """``out3 = e3 * f3`` with f3 one factor per position (O, 1, I), chunk by chunk.
 
-    With ``shift3 = lse - log(c)`` this writes ``c * softmax(x)`` in two passes per chunk; a
-    position with ``c = 0`` has shift +inf and gets exact zeros.
+    With ``e3 = exp(x - m)`` from :func:`softmax_pass` and ``f3 = c * inv3`` this is
+    ``c * softmax(x)``. ``scatter = (idx, v)``: then ``out3.flat[idx] -= v`` (v a scalar or one
+    value per position) while the chunk is in cache.
     """
+    if e3.size == 0:
+        return
+    flat = out3.reshape(-1)
+    vector = scatter is not None and getattr(scatter[1], "ndim", 0) > 0
 
     def work(j, chunks):
-        for so, si in chunks:
-            oc = out3[so, :, si]
-            xp.subtract(x3[so, :, si], shift3[so, :, si], out=oc)
-            xp.exp(oc, out=oc)
-            if negate:
-                xp.negative(oc, out=oc)
+        for so, si, a, b, _ in chunks:
+            xp.multiply(e3[so, :, si], f3[so, :, si], out=out3[so, :, si])
+            if scatter is not None:
+                flat[scatter[0][a:b]] -= scatter[1][a:b] if vector else scatter[1]
 
-    if x3.size == 0:
-        return
     if xp is not np:
-        work(0, [(slice(None), slice(None))])
+        work(0, plan.chunks)
         return
-    with np.errstate(under="ignore", over="ignore", invalid="ignore"):
-        plan.run(work)
+    plan.run(work)

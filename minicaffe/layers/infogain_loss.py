@@ -12,8 +12,8 @@ from minicaffe.losses import (
     ClassLossBase,
     check_label_count,
     class_layout,
-    exp_shifted,
-    softmax_lse,
+    scale_positions,
+    softmax_pass,
 )
 from minicaffe.registry import register_layer
 
@@ -91,13 +91,10 @@ class InfogainLossLayer(ClassLossBase):
         H = (bottom[2].data if len(bottom) == 3 else self._H).reshape(C, C)
         t = self.targets(bottom, w4=None)
         x3 = bottom[0].data.reshape(O, C, I)
-        lse3 = self.scratch("lse", (O, 1, I))
-        chunk = [
-            self.scratch(f"chunk{j}", (self.plan.chunk_size,)) for j in range(len(self.plan.groups))
-        ]
-        softmax_lse(xp, x3, lse3, self.plan, chunk)
+        lse3, inv3 = self.scratch("lse", (O, 1, I)), self.scratch("inv", (O, 1, I))
         p3 = top[1].data.reshape(O, C, I) if len(top) == 2 else self.scratch("prob", (O, C, I))
-        exp_shifted(xp, x3, lse3, p3, self.plan)
+        softmax_pass(xp, x3, lse3, inv3, self.plan, keep=p3)
+        scale_positions(xp, p3, inv3, p3, self.plan)
         # log(max(p, 1e-20)) = max(x - lse, log 1e-20), positions first: (O*I, C)
         logp = xp.maximum(x3 - lse3, -NEG_LOG_THRESHOLD).transpose(0, 2, 1).reshape(O * I, C)
         hy = xp.take(H, t.labels.y, axis=0)  # H[y] per position: (O*I, C)

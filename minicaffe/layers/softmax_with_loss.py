@@ -13,10 +13,10 @@ from minicaffe.losses import (
     ClassLossBase,
     check_label_count,
     class_layout,
-    exp_shifted,
     normalizer,
     read_labels,
-    softmax_lse,
+    scale_positions,
+    softmax_pass,
 )
 from minicaffe.proto import caffe_pb2
 from minicaffe.registry import register_layer
@@ -81,15 +81,14 @@ class SoftmaxWithLossLayer(ClassLossBase):
                 return
         x = bottom[0].data
         t = self.targets(bottom)
-        x3 = x.reshape(O, C, I)
-        lse3 = self.scratch("lse", (O, 1, I))
-        chunk = [
-            self.scratch(f"chunk{j}", (self.plan.chunk_size,)) for j in range(len(self.plan.groups))
-        ]
-        softmax_lse(xp, x3, lse3, self.plan, chunk)
-        lse = lse3.reshape(-1)
         terms = self.scratch("terms", (O * I,))
-        xp.take(x.reshape(-1), t.idx, out=terms)
+        keep = self._softmax(
+            x,
+            keep=self.phase == caffe_pb2.TRAIN or len(top) == 2,
+            gather=(x.reshape(-1), t.idx, terms),
+        )
+        lse3 = self.scratch("lse", (O, 1, I))
+        lse = lse3.reshape(-1)
         xp.subtract(lse, terms, out=terms)
         xp.minimum(terms, NEG_LOG_FLT_MIN, out=terms)  # -log(max(p_y, FLT_MIN))
         if t.a_true is not None:
@@ -113,8 +112,33 @@ class SoftmaxWithLossLayer(ClassLossBase):
         n = self.finish(t)
         top[0].data[...] = loss / n
         if len(top) == 2:
-            exp_shifted(xp, x3, lse3, top[1].data.reshape(O, C, I), self.plan)
-        self._saved = (t, a_all)
+            inv3 = self.scratch("inv", (O, 1, I))
+            scale_positions(xp, keep, inv3, top[1].data.reshape(O, C, I), self.plan)
+        self._saved = (t, a_all, keep)
+
+    def _softmax(self, x, *, keep: bool, gather=None):
+        """Fill the "lse" and "inv" scratch arrays; return exp(x - m) (O, C, I) when ``keep``
+        (in the TEST phase it is dropped unless a backward asks for it)."""
+        O, C, I = self.O, self.C, self.I
+        lse3, inv3 = self.scratch("lse", (O, 1, I)), self.scratch("inv", (O, 1, I))
+        e3 = self.scratch("exp", (O, C, I)) if keep else None
+        chunk = None
+        if not keep:
+            chunk = [
+                self.scratch(f"chunk{j}", (self.plan.chunk_size,))
+                for j in range(len(self.plan.groups))
+            ]
+        softmax_pass(
+            self.xp,
+            x.reshape(O, C, I),
+            lse3,
+            inv3,
+            self.plan,
+            keep=e3,
+            scratch=chunk,
+            gather=gather,
+        )
+        return e3
 
     # ------------------------------------------------------------------ backward
     def backward(self, top, propagate_down, bottom):
@@ -125,32 +149,24 @@ class SoftmaxWithLossLayer(ClassLossBase):
             self._backward_fused(top, bottom)
             return
         xp, O, C, I, eps = self.xp, self.O, self.C, self.I, self.eps
-        t, a_all = self._saved
+        t, a_all, keep = self._saved
+        if keep is None:  # a backward after a TEST-phase forward: redo the softmax pass
+            keep = self._softmax(bottom[0].data, keep=True)
         scale = self.lambda_over(top, t.n)
-        x3 = bottom[0].data.reshape(O, C, I)
         d3 = bottom[0].diff.reshape(O, C, I)
-        lse3 = self.scratch("lse", (O, 1, I))
-        if xp is np:
-            if scale == 0:
-                d3.fill(0)
-                return
-            # c * p = exp(x - (lse - log c)): two passes per chunk, zeros where c = 0
-            shift = self.scratch("shift", (O, 1, I))
-            if a_all is None:
-                np.subtract(lse3, np.log(abs(scale)), out=shift)
-            else:
-                with np.errstate(divide="ignore"):
-                    np.log(a_all.reshape(shift.shape), out=shift, dtype=self.dtype)
-                shift += np.log(abs(scale))
-                np.subtract(lse3, shift, out=shift)
-            exp_shifted(np, x3, shift, d3, self.plan, negate=scale < 0)
+        true_coef = scale * (1 - eps)  # subtracted at each label entry (times w_y)
+        sub = true_coef
+        if t.a_true is not None:
+            sub = self.scratch("sub", (O * I,))
+            xp.multiply(t.a_true, true_coef, out=sub)
+        # the factor of exp(x - m) at each position: lambda/n * A / sum(exp(x - m))
+        factor = self.scratch("factor", (O, 1, I))
+        if a_all is None:
+            xp.multiply(self.scratch("inv", (O, 1, I)), scale, out=factor)
         else:
-            xp.subtract(x3, lse3, out=d3)
-            xp.exp(d3, out=d3)
-            d3 *= scale if a_all is None else scale * a_all.reshape(O, 1, I)
-        flat = d3.reshape(-1)
-        true_coef = scale * (1 - eps)
-        flat[t.idx] -= true_coef if t.a_true is None else true_coef * t.a_true
+            xp.multiply(a_all.reshape(O, 1, I), scale, out=factor)
+            factor *= self.scratch("inv", (O, 1, I))
+        scale_positions(xp, keep, factor, d3, self.plan, scatter=(t.idx, sub))
         if eps:
             d4 = self.view4(d3)
             w = 1 if t.w4 is None else t.w4

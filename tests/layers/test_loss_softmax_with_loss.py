@@ -156,7 +156,8 @@ W10 = "class_weight: 0.2 class_weight: 1 class_weight: 3"
             "grad Chainer normalize=True (= Infogain VALID = SegNet)",
         ),
         (
-            "weight_by_label_freqs: true class_weighting: 0.2 class_weighting: 1 class_weighting: 3",
+            "weight_by_label_freqs: true "
+            "class_weighting: 0.2 class_weighting: 1 class_weighting: 3",
             "SegNet class_weighting=w, normalize=true",
             "grad Chainer normalize=True (= Infogain VALID = SegNet)",
         ),
@@ -465,3 +466,17 @@ def test_repeated_forward_backward_reuses_buffers():
     layer.backward(top, [True, False], bottom)
     assert layer._scratch["lse"] is lse_buf
     np.testing.assert_array_equal(bottom[0].diff, first)
+
+
+def test_backward_after_a_test_phase_forward():
+    # the TEST phase keeps no exponentials; a backward (saliency maps) recomputes them
+    from minicaffe.proto import caffe_pb2
+
+    x, y = inp("C02", "bottom0"), inp("C02", "bottom1")
+    layer, bottom, top = make_layer(swl("ignore_label: 255"), [x, y], phase=caffe_pb2.TEST)
+    layer.forward(bottom, top)
+    np.testing.assert_allclose(float(top[0].data), out("C02", "VALID: top0"), rtol=RTOL)
+    layer.backward(top, [True, False], bottom)
+    np.testing.assert_allclose(
+        bottom[0].diff, out("C02", "VALID: bottom0_diff"), rtol=RTOL, atol=1e-15
+    )
