@@ -1,7 +1,7 @@
 """GPU benchmark of the CuPy engine, side by side with PyTorch CUDA when it is importable.
 
     python tools/bench_gpu.py [--json results.json] [--sections loss,kernels,nets]
-                              [--budget SECONDS] [--dry-run]
+                              [--budget SECONDS] [--only SUBSTR,...] [--dry-run]
 
 Sections (each row: median ms over timed repetitions after warm-up, measured with CUDA events;
 achieved bandwidth or FLOP rate; the same work in PyTorch and the ratio minicaffe / torch):
@@ -47,6 +47,7 @@ NETS = [
 ]
 LOSS_SHAPES = [(256, 1000), (4096, 1000), (8, 21, 128, 128), (8, 21, 512, 512), (65536, 1000)]
 DRY_LOSS_SHAPES = [(16, 10), (2, 5, 6, 6)]
+ONLY: list[str] = []  # --only filters
 LR = 1e-5  # small: the timed steps must not diverge on random data
 
 
@@ -179,6 +180,10 @@ class Table:
         print("  ".join(_fmt(row.get(name), w) for name, w in COLUMNS), flush=True)
 
 
+def _selected(case: str) -> bool:
+    return not ONLY or any(key in case for key in ONLY)
+
+
 def _gbps(nbytes: float, ms: float) -> float:
     return nbytes / (ms * 1e-3) / 1e9
 
@@ -234,6 +239,8 @@ def bench_loss(env: Env, table: Table, budget: float, copy_gbps: float | None) -
         label_shape = (n,) if not spatial else (n, 1) + spatial
         for ignore in (False, True):
             case = f"SoftmaxWithLoss {shape}" + (" ign10%" if ignore else "")
+            if not _selected(case):
+                continue
             try:
                 x = rng.standard_normal(shape, dtype=np.float32)
                 labels = rng.integers(0, c, size=label_shape)
@@ -442,6 +449,8 @@ def _kernel_cases(env: Env):
 
 def bench_kernels(env: Env, table: Table, budget: float, copy_gbps: float | None) -> None:
     for name, nbytes, setup in _kernel_cases(env):
+        if not _selected(name):
+            continue
         try:
             fused, twin = setup()
             if env.dry:  # no fused kernels on the CPU: time the twin only
@@ -556,6 +565,8 @@ def bench_nets(env: Env, table: Table, budget: float) -> None:
         batch = 1 if env.dry else batch
         for mode in ("forward", "train step"):
             case = f"{name} b{batch} {mode}"
+            if not _selected(case):
+                continue
             train = mode == "train step"
             rng = np.random.default_rng(2)
             try:
@@ -580,7 +591,8 @@ def bench_nets(env: Env, table: Table, budget: float) -> None:
                 flops = _net_flops(net) * (3 if train else 1)
                 if not train:
                     net.forward_prefilled()
-                    out_name = net.outputs[0]
+                    last = net.net_param.layer[-1]  # compare the logits, not a flat softmax
+                    out_name = last.bottom[0] if last.type == "Softmax" else net.outputs[0]
                     mc_out = env.backend.to_numpy(net.blobs[out_name].data).copy()
                 ms = env.time_ms(run, budget, warmup=2, max_reps=30)
                 row = dict(
@@ -607,7 +619,7 @@ def bench_nets(env: Env, table: Table, budget: float) -> None:
                         ref = outputs()[out_name]
                         scale = float(np.max(np.abs(ref))) or 1.0
                         diff = float(np.max(np.abs(ref - mc_out))) / scale
-                        row["note"] = f"max |diff| / max |out| vs torch {diff:.1e}"
+                        row["note"] = f"{out_name}: max|diff|/max|out| vs torch {diff:.1e}"
                 except Exception as exc:
                     row["note"] = "torch " + _err(exc)
                     if "--debug" in sys.argv:
@@ -790,6 +802,11 @@ def main(argv=None) -> int:
         action="store_true",
         help="run on NumPy + torch CPU at tiny sizes (tests the script only)",
     )
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma list of substrings; run only the cases whose name contains one",
+    )
     parser.add_argument("--debug", action="store_true", help="print tracebacks of failed rows")
     args = parser.parse_args(argv)
     from minicaffe import backend
@@ -801,6 +818,8 @@ def main(argv=None) -> int:
         )
         return 0
     env = Env(args.dry_run)
+    global ONLY
+    ONLY = [s.strip() for s in args.only.split(",") if s.strip()]
     sections = {s.strip() for s in args.sections.split(",") if s.strip()}
     started = time.perf_counter()
     date = datetime.date.today().isoformat()
