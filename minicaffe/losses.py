@@ -551,7 +551,7 @@ class ClassLossBase(LossBase):
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
-CHUNK_ELEMENTS = 1 << 15  # ~128 KB of float32: the working set of a chunk stays in L2
+CHUNK_ELEMENTS = 1 << 17  # 512 KB of float32: a chunk and its exponentials stay in L2
 PARALLEL_MIN = 1 << 17  # below this many elements one thread is faster
 
 
@@ -616,6 +616,8 @@ class ChunkPlan:
             self.chunks[j * k // threads : (j + 1) * k // threads] for j in range(threads)
         ]
         self.chunk_size = max(1, total if len(self.chunks) == 1 else max(target, C))
+        self.index = {c[2]: k for k, c in enumerate(self.chunks)}  # first position -> chunk
+        self.shifted = [False] * len(self.chunks)  # whether a chunk needed a shift last time
 
     def run(self, fn, *args) -> None:
         """``fn(group_index, chunks, *args)`` for every group; groups run in parallel threads."""
@@ -657,25 +659,27 @@ def softmax_pass(
             xp.take(gather[0], gather[1], out=gather[2])
         return
     ones = _ones(x3.shape[1], x3.dtype)
-    char = lse3.dtype.char
-    safe, big = _SAFE_SUM[char], _NO_SHIFT[char]
+    safe = _SAFE_SUM[lse3.dtype.char]
+    if len(plan.shifted) != len(plan.chunks):
+        plan.shifted = [False] * len(plan.chunks)
 
     def work(j, chunks):
         for so, si, a, b, contiguous in chunks:
+            k = plan.index[a]
             xc, lc, ic = x3[so, :, si], lse3[so, :, si], inv3[so, :, si]
             if keep is not None:
                 e = keep[so, :, si]
             else:
                 e = scratch[j][: xc.size].reshape(xc.shape)
-            m = xc.max() if contiguous else xc.max(axis=1).max()
-            if m > big:
-                np.subtract(xc, m, out=e)
-                np.exp(e, out=e)
-            else:  # exp(x) cannot overflow: skip the shift
-                m = 0
+            if plan.shifted[k]:  # needed a shift last time: still?
+                top = xc.max() if contiguous else xc.max(axis=1).max()
+                plan.shifted[k] = not top < _NO_SHIFT_MAX[lse3.dtype.char]
+            if not plan.shifted[k]:  # plain exp(x): no max pass, no subtraction
                 np.exp(xc, out=e)
-            _class_sum(e, ic, ones)
-            if ic.min() < safe:
+                _class_sum(e, ic, ones)
+                plan.shifted[k] = not (ic.min() >= safe and ic.max() <= 1 / safe)
+                m = 0
+            if plan.shifted[k]:  # stable form: shift by each position's maximum
                 m = xc.max(axis=1, keepdims=True)
                 np.subtract(xc, m, out=e)
                 np.exp(e, out=e)
@@ -686,7 +690,7 @@ def softmax_pass(
             if gather is not None:
                 np.take(gather[0], gather[1][a:b], out=gather[2][a:b])
 
-    with np.errstate(under="ignore", over="ignore"):
+    with np.errstate(under="ignore", over="ignore", invalid="ignore"):
         plan.run(work)
 
 
@@ -715,8 +719,8 @@ _SAFE_SUM = {
     "d": float(np.sqrt(np.finfo(np.float64).tiny)),
     "e": float(np.sqrt(np.finfo(np.float16).tiny)),
 }
-# chunk maxima up to these need no shift: exp stays finite (with room for C terms of the sum)
-_NO_SHIFT = {"f": 64.0, "d": 512.0, "e": 8.0}
+# chunk maxima below these may need no shift (sums stay below 1/_SAFE_SUM): tried again
+_NO_SHIFT_MAX = {k: float(np.log(1 / v)) - 4 for k, v in _SAFE_SUM.items()}
 
 
 def scale_positions(xp, e3, f3, out3, plan: ChunkPlan, *, scatter=None) -> None:

@@ -480,3 +480,19 @@ def test_backward_after_a_test_phase_forward():
     np.testing.assert_allclose(
         bottom[0].diff, out("C02", "VALID: bottom0_diff"), rtol=RTOL, atol=1e-15
     )
+
+
+def test_large_then_small_logits_switch_between_shifted_and_plain_passes(monkeypatch):
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 32)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((12, 5)) * 3
+    y = rng.integers(0, 5, 12).astype(float)
+    layer, bottom, top = make_layer(swl(), [x + 300, y], dtype=np.float32)
+    for shift in (300, 0, -300, 0):
+        bottom[0].data[...] = x + shift
+        layer.forward(bottom, top)
+        layer.backward(top, [True, False], bottom)
+        ref_loss, ref_diff = reference((x + shift).astype(np.float32), y)
+        np.testing.assert_allclose(float(top[0].data), ref_loss, rtol=1e-5)
+        np.testing.assert_allclose(bottom[0].diff, ref_diff, rtol=1e-4, atol=1e-7)
+        assert any(layer.plan.shifted) == (shift != 0)
