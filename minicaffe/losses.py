@@ -213,7 +213,7 @@ class ClassWeights:
     viewed as ``(N, O/N, C, I)``.
     """
 
-    def __init__(self, layer, *, allow_bottom: bool):
+    def __init__(self, layer):
         lp = layer.layer_param.loss_param
         self.layer = layer
         self.vector = None  # the given per-class values (host float64), before normalization
@@ -238,7 +238,6 @@ class ClassWeights:
                     "are given (one per class)"
                 )
             self.vector, self.source = np.asarray(lp.class_weighting, np.float64), "class_weighting"
-        self.allow_bottom = allow_bottom
         if lp.HasField("weight_normalization"):
             self.mode = int(lp.weight_normalization)
         else:
@@ -288,7 +287,7 @@ class ClassWeights:
     def check_bottom_shape(self, w_shape, x_shape, axis: int, N: int, Ow: int, C: int, I: int):
         """The 4-D view shape of a weight bottom, or a ShapeError naming the accepted shapes."""
         w_shape, x_shape = tuple(w_shape), tuple(x_shape)
-        if w_shape == (C,) or w_shape == (C, 1) and len(x_shape) == 2 and axis == 1:
+        if w_shape == (C,):
             return (1, 1, C, 1)
         if axis >= 1 and w_shape == x_shape[1:]:
             return (1, Ow, C, I)
@@ -305,9 +304,10 @@ class ClassWeights:
         """A weight bottom's values, checked (>= 0) and normalized, in its 4-D view."""
         xp = self.layer.xp
         w4 = w.reshape(view_shape)
-        if w4.size and bool(w4.min() < 0):
+        if w4.size and not bool(xp.isfinite(w4).all() & (w4.min() >= 0)):
+            bad = float(w4.min()) if bool(xp.isfinite(w4).all()) else "a NaN or infinity"
             raise self.layer.error(
-                f"class weights must be >= 0; the weight bottom holds {float(w4.min()):g}"
+                f"class weights must be finite and >= 0; the weight bottom holds {bad}"
             )
         return _normalize_weights(xp, w4, self.mode, classes)
 
@@ -434,7 +434,7 @@ class ClassLossBase(LossBase):
         self.eps = float(lp.label_smoothing)
         if not 0.0 <= self.eps <= 1.0:
             raise self.error(f"loss_param.label_smoothing must be in [0, 1]; received {self.eps}")
-        self.weights = ClassWeights(self, allow_bottom=self.weight_bottom)
+        self.weights = ClassWeights(self)
         self.has_weight_bottom = self.weight_bottom and len(bottom) == 3
         self.weights.check_unused(self.has_weight_bottom)
         self._key = None

@@ -104,11 +104,10 @@ def test_weight_bottom_wrong_shape():
 def test_weight_bottom_negative():
     w = np.ones(3)
     w[1] = -0.5
-    with pytest.raises(
-        LayerError,
-        match=r"class weights must be >= 0; the weight bottom holds "
-        r"-0.5",
-    ):
+    with pytest.raises(LayerError, match=r"finite and >= 0; the weight bottom holds -0.5"):
+        forward(SWL, [X, Y, w])
+    w[1] = np.nan
+    with pytest.raises(LayerError, match=r"finite and >= 0; the weight bottom holds a NaN"):
         forward(SWL, [X, Y, w])
 
 
