@@ -344,6 +344,7 @@ class LossBase(LossLayer):
 
     def setup(self, bottom, top):
         self._scratch: dict[str, object] = {}
+        self._views: dict[tuple, object] = {}
         lp = self.layer_param.loss_param
         for field, _ in lp.ListFields():
             if field.name not in self.loss_params:
@@ -370,16 +371,21 @@ class LossBase(LossLayer):
                     f"propagate_down: false for it"
                 )
 
-    def scratch(self, name: str, shape, dtype=None):
+    def scratch(self, name: str, shape: tuple, dtype=None):
         """A reused array of ``shape`` (grown only when a larger one is needed)."""
+        key = (name, shape, dtype)
+        view = self._views.get(key)
+        if view is not None:
+            return view
         dtype = np.dtype(dtype or self.dtype)
-        shape = tuple(int(d) for d in shape)
         size = math.prod(shape)
         buf = self._scratch.get(name)
         if buf is None or buf.dtype != dtype or buf.size < size:
             buf = self.xp.empty(max(size, 1), dtype=dtype)
             self._scratch[name] = buf
-        return buf[:size].reshape(shape)
+            self._views = {k: v for k, v in self._views.items() if k[0] != name}
+        view = self._views[key] = buf[:size].reshape(shape)
+        return view
 
     def lambda_over(self, top, n):
         """loss_weight / normalizer: a float on NumPy, a device scalar on CuPy."""
