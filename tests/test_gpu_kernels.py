@@ -1,18 +1,22 @@
 """minicaffe.gpu: fused CuPy kernels, their xp twins, and the CUDA sources.
 
-Three kinds of test:
+Four kinds of test:
 * CPU (always run): every ``*_ref`` twin against a direct reference (literal loops written from
   Caffe's rules on tiny inputs, or hand computations of the formulas).
-* compile (run where ``nvcc`` is on PATH): every kernel source wrapped as CuPy would wrap it,
+* compile (where ``nvcc`` is on PATH): every kernel source wrapped as CuPy would wrap it,
   type-checked by ``nvcc --ptx`` in one file; a broken body must fail the same way.
-* gpu (CuPy and a CUDA device): every fused kernel against its twin on random inputs, and
-  ``sync_check`` catching a host round trip.
+* fused parity, "host-cpp" (where a C++ compiler exists): the fused functions run with their
+  kernel bodies compiled as host C++, against the twins; the same tests run on CuPy as "cupy".
+* gpu (CuPy and a CUDA device): the "cupy" parity runs, ``sync_check`` catching a host round
+  trip, and pinned host-to-device copies.
 """
 
 from __future__ import annotations
 
+import ctypes
 import shutil
 import subprocess
+import types
 
 import numpy as np
 import pytest
@@ -101,6 +105,18 @@ def test_prelu_twins_against_loops(shared):
     sd = np.zeros(slope.shape)
     assert act.prelu_backward_ref(x, dy, slope, slope_diff=sd) is None
     np.testing.assert_allclose(sd, want_da - 5.0, rtol=1e-12, atol=1e-14)
+
+
+def test_prelu_zero_d_shared_slope():
+    # channel_shared PReLU keeps its slope in a 0-d blob
+    x = np.array([[-2.0, 1.0], [3.0, -0.5]])
+    dy = np.array([[1.0, 2.0], [3.0, 4.0]])
+    a = np.array(0.25)
+    np.testing.assert_allclose(act.prelu_forward_ref(x, a), [[-0.5, 1.0], [3.0, -0.125]])
+    da = np.array(1.0)
+    dx = act.prelu_backward_ref(x, dy, a, out=np.empty_like(x), slope_diff=da)
+    np.testing.assert_allclose(dx, [[0.25, 2.0], [3.0, 1.0]])
+    assert da.shape == () and float(da) == 1.0 + (1.0 * -2.0 + 4.0 * -0.5)
 
 
 def test_prelu_rejects_mismatched_slopes():
@@ -544,17 +560,143 @@ def test_compile_check_catches_a_broken_body(tmp_path):
     assert res.returncode == 0, res.stderr
 
 
-# ============================================================================ GPU parity
+# ============================================================================ kernel parity
+#
+# The parity tests run each fused function against its twin on two engines:
+#  * "cupy" (gpu marker): the real kernels on a CUDA device;
+#  * "host-cpp": the SAME kernel bodies compiled as host C++ (kernels.host_source, g++) and called
+#    through ctypes, with the fused modules' get_kernel/require_cupy patched to use them. That
+#    executes every index computation and formula of the CUDA text on the CPU, in CI.
 
 gpu = pytest.mark.gpu
+CXX = shutil.which("g++") or shutil.which("c++")
+
+_CTYPES = {
+    "float": ctypes.c_float,
+    "double": ctypes.c_double,
+    "int": ctypes.c_int,
+    "long long": ctypes.c_longlong,
+    "bool": ctypes.c_bool,
+}
+_C_OF = {
+    np.dtype(np.float32): "float",
+    np.dtype(np.float64): "double",
+    np.dtype(np.int32): "int",
+    np.dtype(np.int64): "long long",
+}
 
 
-@pytest.fixture
-def cp():
-    mod = backend.get_cupy()
-    if mod is None:
-        pytest.skip("CuPy and a CUDA device are needed")
-    return mod
+class _HostKernel:
+    """Calls one spec's host C++ rendering with CuPy's calling convention (in, then out)."""
+
+    def __init__(self, lib, spec):
+        self.lib, self.spec = lib, spec
+        self.ins = kernels.parse_params(spec.in_params)
+        self.outs = kernels.parse_params(spec.out_params)
+
+    def _choice(self, params, args):
+        choice = {}
+        for p, a in zip(params, args):
+            if p.is_placeholder and isinstance(a, np.ndarray):
+                choice.setdefault(p.type, _C_OF[a.dtype])
+        return choice
+
+    def _scalar(self, p, a, choice):
+        ctype = choice[p.type] if p.is_placeholder else kernels.C_TYPES[p.type]
+        return _CTYPES[ctype](a.item() if hasattr(a, "item") else a)
+
+    def __call__(self, *args, axis=None):
+        if isinstance(self.spec, kernels.Reduction):
+            return self._reduce(args, axis)
+        params = self.ins + self.outs
+        assert len(args) == len(params), "outputs must be passed"
+        choice = self._choice(params, args)
+        n, cargs = None, []
+        for p, a in zip(params, args):
+            if isinstance(a, np.ndarray):
+                assert a.flags.c_contiguous, f"{self.spec.name}: {p.name} not contiguous"
+                if not p.raw:
+                    assert n is None or a.size == n, "no broadcasting in the host runner"
+                    n = a.size
+                cargs.append(ctypes.c_void_p(a.ctypes.data))
+            else:
+                cargs.append(self._scalar(p, a, choice))
+        fn = getattr(self.lib, kernels.host_function_name(self.spec, choice))
+        fn(*cargs, ctypes.c_longlong(n))
+        outs = args[len(self.ins) :]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def _reduce(self, args, axis):
+        arrays = list(args)
+        ndim = arrays[0].ndim
+        axes = tuple(range(ndim)) if axis is None else tuple(a % ndim for a in axis)
+        keep = [d for d in range(ndim) if d not in axes]
+        out_shape = tuple(arrays[0].shape[d] for d in keep)
+        m = int(np.prod([arrays[0].shape[d] for d in axes]))
+        flat = [
+            np.ascontiguousarray(np.moveaxis(a, axes, range(ndim - len(axes), ndim))).reshape(-1, m)
+            for a in arrays
+        ]
+        choice = self._choice(self.ins, arrays)
+        out = np.empty(out_shape, arrays[0].dtype)
+        fn = getattr(self.lib, kernels.host_function_name(self.spec, choice))
+        fn(
+            *[ctypes.c_void_p(a.ctypes.data) for a in flat],
+            ctypes.c_void_p(out.ctypes.data),
+            ctypes.c_longlong(flat[0].shape[0]),
+            ctypes.c_longlong(m),
+        )
+        return out
+
+
+@pytest.fixture(scope="module")
+def host_lib(tmp_path_factory):
+    if CXX is None:
+        pytest.skip("no C++ compiler to run the kernel bodies on the host")
+    d = tmp_path_factory.mktemp("host_kernels")
+    (d / "k.cpp").write_text(kernels.host_source())
+    res = subprocess.run(
+        [
+            CXX,
+            "-O1",
+            "-shared",
+            "-fPIC",
+            "-Wall",
+            "-Werror",
+            "-o",
+            str(d / "k.so"),
+            str(d / "k.cpp"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    return ctypes.CDLL(str(d / "k.so"))
+
+
+@pytest.fixture(
+    params=[pytest.param("host", id="host-cpp"), pytest.param("cupy", id="cupy", marks=gpu)]
+)
+def cp(request, monkeypatch):
+    """The array module the fused functions run on: CuPy, or NumPy with host-C++ kernels."""
+    if request.param == "cupy":
+        mod = backend.get_cupy()
+        if mod is None:
+            pytest.skip("CuPy and a CUDA device are needed")
+        return mod
+    lib = request.getfixturevalue("host_lib")
+    fake = types.SimpleNamespace(
+        empty=np.empty,
+        empty_like=np.empty_like,
+        int32=np.int32,
+        ascontiguousarray=np.ascontiguousarray,
+        ndarray=np.ndarray,
+    )
+    for mod in (act, i2c, pool, upd):
+        monkeypatch.setattr(mod, "get_kernel", lambda spec: _HostKernel(lib, spec))
+        monkeypatch.setattr(mod, "require_cupy", lambda *arrays: fake)
+    return np
 
 
 def _tol(dtype):
@@ -568,9 +710,8 @@ def _close(got, want, dtype):
 DTYPES = [np.float32, np.float64]
 
 
-@gpu
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gpu_activation_parity(cp, dtype):
+def test_fused_activation_parity(cp, dtype):
     rng = _rng(11)
     x = cp.asarray(rng.standard_normal((4, 3, 5, 6)).astype(dtype))
     x[0, 0, 0, :3] = 0  # the kink takes the slope
@@ -592,14 +733,15 @@ def test_gpu_activation_parity(cp, dtype):
     _close(dyc, act.relu_backward_ref(x, dy, 0.1), dtype)
 
 
-@gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shared", [False, True])
-def test_gpu_prelu_parity(cp, dtype, shared):
+def test_fused_prelu_parity(cp, dtype, shared):
     rng = _rng(12)
     x = cp.asarray(rng.standard_normal((3, 4, 5, 2)).astype(dtype))
     dy = cp.asarray(rng.standard_normal(x.shape).astype(dtype))
-    slope = cp.asarray(rng.uniform(0, 0.5, 1 if shared else 4).astype(dtype))
+    slope = cp.asarray(rng.uniform(0, 0.5, 4).astype(dtype))
+    if shared:
+        slope = slope[0].copy()  # the 0-d blob of channel_shared
     _close(act.prelu_forward(x, slope), act.prelu_forward_ref(x, slope), dtype)
     sd, sd_ref = cp.ones_like(slope), cp.ones_like(slope)
     dx = act.prelu_backward(x, dy, slope, out=cp.empty_like(x), slope_diff=sd)
@@ -610,10 +752,9 @@ def test_gpu_prelu_parity(cp, dtype, shared):
     )
 
 
-@gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,k,p,s,d", CONV_CASES)
-def test_gpu_im2col_parity(cp, dtype, shape, k, p, s, d):
+def test_fused_im2col_parity(cp, dtype, shape, k, p, s, d):
     rng = _rng(13)
     x = cp.asarray(rng.standard_normal(shape).astype(dtype))
     col = i2c.im2col(x, k, p, s, d)
@@ -624,10 +765,9 @@ def test_gpu_im2col_parity(cp, dtype, shape, k, p, s, d):
     _close(i2c.col2im(c, shape, k, p, s, d), i2c.col2im_ref(c, shape, k, p, s, d), dtype)
 
 
-@gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,k,s,p,ceil_mode", POOL_CASES)
-def test_gpu_pooling_parity(cp, dtype, shape, k, s, p, ceil_mode):
+def test_fused_pooling_parity(cp, dtype, shape, k, s, p, ceil_mode):
     rng = _rng(14)
     x = cp.asarray(rng.integers(-3, 4, size=shape).astype(dtype))  # ties
     y, mask = pool.max_pool_forward(x, k, s, p, ceil_mode=ceil_mode)
@@ -661,21 +801,20 @@ def test_gpu_pooling_parity(cp, dtype, shape, k, s, p, ceil_mode):
     )
 
 
-@gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("reg", ["L2", "L1"])
 @pytest.mark.parametrize("device_scale", [False, True])
-def test_gpu_update_parity(cp, dtype, rule, reg, device_scale):
+def test_fused_update_parity(cp, dtype, rule, reg, device_scale):
     rng = _rng(15)
     shape = (17, 33)
     w0 = rng.standard_normal(shape).astype(dtype)
     mom = 0.0 if rule in ("adagrad", "rmsprop") else 0.9
-    fused = [cp.asarray(w0), [cp.zeros(shape, dtype) for _ in range(N_HIST.get(rule, 1))]]
-    ref = [cp.asarray(w0), [cp.zeros(shape, dtype) for _ in range(N_HIST.get(rule, 1))]]
+    fused = [cp.array(w0), [cp.zeros(shape, dtype) for _ in range(N_HIST.get(rule, 1))]]
+    ref = [cp.array(w0), [cp.zeros(shape, dtype) for _ in range(N_HIST.get(rule, 1))]]
     for it in range(3):
         g = rng.standard_normal(shape).astype(dtype)
-        g_f, g_r = cp.asarray(g), cp.asarray(g)
+        g_f, g_r = cp.array(g), cp.array(g)
         scale = upd.clip_scale([g_f], 5.0) if device_scale else 0.5
         _call_fused(rule, fused[0], g_f, fused[1], it + 1, 0.05, mom, 0.01, reg, scale)
         _call_ref(rule, ref[0], g_r, ref[1], it + 1, 0.05, mom, 0.01, reg, scale)
@@ -684,8 +823,17 @@ def test_gpu_update_parity(cp, dtype, rule, reg, device_scale):
             np.testing.assert_allclose(backend.to_numpy(a), backend.to_numpy(b), **tol)
 
 
+@pytest.fixture
+def gpu_cp():
+    mod = backend.get_cupy()
+    if mod is None:
+        pytest.skip("CuPy and a CUDA device are needed")
+    return mod
+
+
 @gpu
-def test_gpu_sync_check(cp):
+def test_gpu_sync_check(gpu_cp):
+    cp = gpu_cp
     from minicaffe.gpu import HostSyncError, sync_check
 
     x = cp.arange(12, dtype=cp.float32).reshape(3, 4) - 5
@@ -705,7 +853,8 @@ def test_gpu_sync_check(cp):
 
 
 @gpu
-def test_gpu_host_to_device_pinned_copy(cp):
+def test_gpu_host_to_device_pinned_copy(gpu_cp):
+    cp = gpu_cp
     stage = HostToDevice(slots=2)
     dst = cp.zeros((4, 5), cp.float32)
     for k in range(5):  # more batches than slots: buffers are reused safely

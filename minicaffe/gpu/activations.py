@@ -242,7 +242,7 @@ def prelu_forward(x, slope, out=None):
     """Fused PReLU forward. ``slope``: (C,) per channel (axis 1) or (1,) shared."""
     cp = require_cupy(x, slope)
     inner, channels = _prelu_geometry(x, slope)
-    return get_kernel(PRELU_FORWARD)(x, slope, inner, channels, _out(cp, x, out))
+    return get_kernel(PRELU_FORWARD)(x, slope.reshape(-1), inner, channels, _out(cp, x, out))
 
 
 def _slope_view(xp, x, slope):
@@ -274,7 +274,7 @@ def prelu_backward(x, dy, slope, out=None, slope_diff=None):
             slope_diff += g.reshape(slope_diff.shape)
     if out is None and slope_diff is not None:
         return None
-    return get_kernel(PRELU_BACKWARD)(x, dy, slope, inner, channels, _out(cp, dy, out))
+    return get_kernel(PRELU_BACKWARD)(x, dy, slope.reshape(-1), inner, channels, _out(cp, dy, out))
 
 
 def prelu_backward_ref(x, dy, slope, out=None, slope_diff=None):
