@@ -50,8 +50,12 @@ class HDF5DataLayer(BaseDataLayer):
     afresh each epoch). Every listed file must hold every top's dataset with the same number of
     rows N_f (>= 1) and the same trailing shape S. Tops: (batch_size, *S) each, in the net's
     dtype. Rows are walked file after file and wrap to the first file in the middle of a batch
-    when the last one ends (Caffe's behaviour). Files are read whole, one at a time, as Caffe does.
+    when the last one ends (Caffe's behaviour). Files are read whole, one at a time, as Caffe does,
+    and batches are gathered from memory when the net asks (no prefetch thread: handing batches
+    over between threads costs more than the gather; set ``prefetch_count`` to change that).
     """
+
+    prefetch_count = 0
 
     def data_setup(self, top) -> None:
         import h5py
