@@ -284,9 +284,10 @@ extern "C" __global__ void swl_rows_${SUFFIX}(
             m = mn;
         }
         const $TYPE lse = m + $LOG(s);
-        const int y = (int)label[r];
+        const $TYPE lv = label[r];
+        const int y = (int)lv;  // truncation toward zero, as Caffe
         const bool ign = has_ignore && y == ignore;
-        const bool oob = !ign && (y < 0 || y >= C);
+        const bool oob = !ign && (y < 0 || y >= C || !(lv == lv));
         if (oob && lane == 0) atomicOr(bad, 1);
         const bool use = !ign && !oob;
         const $TYPE w = use ? (has_cw ? cw[y] : ($TYPE)1) : ($TYPE)0;
@@ -323,9 +324,10 @@ extern "C" __global__ void swl_cols_${SUFFIX}(
             if (v > m) { s = s * $EXP(m - v) + ($TYPE)1; m = v; } else { s += $EXP(v - m); }
         }
         const $TYPE lse = m + $LOG(s);
-        const int y = (int)label[pos];
+        const $TYPE lv = label[pos];
+        const int y = (int)lv;
         const bool ign = has_ignore && y == ignore;
-        const bool oob = !ign && (y < 0 || y >= C);
+        const bool oob = !ign && (y < 0 || y >= C || !(lv == lv));
         if (oob) atomicOr(bad, 1);
         const bool use = !ign && !oob;
         const $TYPE w = use ? (has_cw ? cw[y] : ($TYPE)1) : ($TYPE)0;
@@ -388,8 +390,8 @@ def cuda_source(dtype) -> str:
 _KERNELS: dict = {}
 
 _COUNT_MAP = (
-    "(has_ignore && (int)label == ignore) || (int)label < 0 || (int)label >= C ? 0.0 "
-    ": (weighted ? (double)cw[(int)label] : 1.0)"
+    "(has_ignore && (int)label == ignore) || (int)label < 0 || (int)label >= n_class || "
+    "!(label == label) ? 0.0 : (weighted ? (double)cw[(int)label] : 1.0)"
 )
 
 
@@ -403,7 +405,7 @@ def _fused_kernels(cp, dtype):
             "cols": module.get_function(f"swl_cols_{suffix}"),
             "rescale": module.get_function(f"swl_rescale_{suffix}"),
             "count": cp.ReductionKernel(
-                "T label, raw T cw, int32 C, int32 has_ignore, int32 ignore, int32 weighted",
+                "T label, raw T cw, int32 n_class, int32 has_ignore, int32 ignore, int32 weighted",
                 "float64 out",
                 _COUNT_MAP,
                 "a + b",
