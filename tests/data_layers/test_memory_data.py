@@ -58,3 +58,20 @@ def test_errors():
         layer.reset(data[:5], labels[:5])
     with pytest.raises(ShapeError, match="positive channels, height"):
         build_data_layer('type: "MemoryData" top: "d" top: "l" memory_data_param { batch_size: 2 }')
+
+
+def test_net_set_input_arrays():
+    from minicaffe.net import Net
+
+    net = Net(
+        "layer { name: 'mem' type: 'MemoryData' top: 'data' top: 'label' "
+        "memory_data_param { batch_size: 3 channels: 1 height: 2 width: 3 } }",
+        phase="TRAIN",
+    )
+    data, labels = _arrays(6)
+    net.set_input_arrays(data, labels)
+    for k in range(3):
+        net.forward()
+        rows = (np.arange(3) + 3 * k) % 6
+        np.testing.assert_array_equal(net.blobs["data"].data, data[rows])
+        np.testing.assert_array_equal(net.blobs["label"].data, labels[rows])
