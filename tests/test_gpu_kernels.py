@@ -910,3 +910,32 @@ def test_resnet50_prototxt_is_generated_and_current():
         "res5a_branch1",
         "res5a_branch2a",
     ]
+
+
+def test_bench_gpu_dry_run_kernel_rows(tmp_path):
+    """The benchmark's kernel cases set up and run (twins on NumPy) without errors."""
+    import json
+    import sys
+
+    out = tmp_path / "rows.json"
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(TOOLS / "bench_gpu.py"),
+            "--dry-run",
+            "--sections",
+            "kernels",
+            "--budget",
+            "0",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    kernel_rows = [r for r in rows if r["section"] == "kernel"]
+    assert len(kernel_rows) == 15
+    assert not [r for r in kernel_rows if "error" in str(r.get("note", ""))], res.stdout
