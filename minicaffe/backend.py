@@ -106,6 +106,28 @@ def to_xp(arr, xp, dtype=None):
     return xp.asarray(arr, dtype=dtype)
 
 
+def copy_into(dst, src) -> None:
+    """Copy ``src`` into the existing array ``dst`` (same shape), across devices without a
+    temporary: host->GPU with ``cupy.ndarray.set``, GPU->host with ``get(out=...)``."""
+    if isinstance(dst, np.ndarray):
+        if isinstance(src, np.ndarray):
+            np.copyto(dst, src)
+        elif hasattr(src, "get"):
+            if dst.flags.c_contiguous and src.flags.c_contiguous and src.dtype == dst.dtype:
+                src.get(out=dst)
+            else:
+                dst[...] = src.get()
+        else:
+            dst[...] = src
+    elif isinstance(src, np.ndarray) and hasattr(dst, "set"):
+        if dst.flags.c_contiguous and src.flags.c_contiguous and src.dtype == dst.dtype:
+            dst.set(src)
+        else:
+            dst[...] = to_xp(src, array_module(dst))
+    else:
+        dst[...] = src
+
+
 def device_context(device: Device):
     """Context manager selecting ``device`` for CuPy allocations (no-op on the CPU)."""
     if device.is_gpu:

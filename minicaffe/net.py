@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from minicaffe import backend
-from minicaffe.backend import Device, to_xp
+from minicaffe.backend import Device, copy_into, to_xp
 from minicaffe.blob import Blob, shape_equals_legacy
 from minicaffe.errors import MinicaffeError, NetBuildError, ShapeError, WeightsError
 from minicaffe.graph import check_topology, filter_net, insert_splits
@@ -359,13 +359,13 @@ class Net:
     def _sync_in(self, li: int) -> None:
         for tr in self._transfers[li]:
             tr.mirror.reshape(tr.source.shape)
-            tr.mirror.data[...] = to_xp(tr.source.data, tr.mirror.xp)
+            copy_into(tr.mirror.data, tr.source.data)
 
     def _sync_out(self, li: int) -> None:
         for tr in self._transfers[li]:
             if tr.in_place:
                 tr.source.reshape(tr.mirror.shape)
-                tr.source.data[...] = to_xp(tr.mirror.data, tr.source.xp)
+                copy_into(tr.source.data, tr.mirror.data)
 
     def forward_layer(self, li: int):
         """Reshape and forward layer ``li``; returns its loss contribution (0 if none)."""
@@ -404,12 +404,12 @@ class Net:
         transfers = self._transfers[li]
         for tr in transfers:
             if tr.in_place:
-                tr.mirror.diff[...] = to_xp(tr.source.diff, tr.mirror.xp)
+                copy_into(tr.mirror.diff, tr.source.diff)
         self.layers[li].backward(self._top_vecs[li], self.bottom_need_backward[li],
                                  self._bottom_vecs[li])
         for tr in transfers:
             if self.bottom_need_backward[li][tr.index]:
-                tr.source.diff[...] = to_xp(tr.mirror.diff, tr.source.xp)
+                copy_into(tr.source.diff, tr.mirror.diff)
 
     def backward_from_to(self, start: int | None = None, end: int = 0) -> None:
         start = len(self.layers) - 1 if start is None else start
