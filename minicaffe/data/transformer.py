@@ -14,13 +14,15 @@ the centre ((H - crop) / 2) in TEST); mean_file (a C x H x W .binaryproto of the
 or mean_value (1 value for every channel, or one per channel), not both; force_color /
 force_gray (decode encoded images as 3 / 1 channels), not both.
 
-A batch is transformed at once (one gather for crop + mirror, one subtraction, one scaling); the
-random draws come from the generator passed in, so the data layer's walk stays reproducible.
+A batch is transformed at once (one gather for the crops, one flip of the mirrored items, one
+subtraction, one scaling); the random draws come from the generator passed in, so the data
+layer's walk stays reproducible.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from minicaffe.errors import DataError
 from minicaffe.proto import caffe_pb2
@@ -117,7 +119,7 @@ class DataTransformer:
         else:
             h0 = w0 = None
         mean = self.mean_image
-        if flips is None and h0 is None:
+        if h0 is None:
             # same window for every item: plain slices
             top, left = ((h - crop) // 2, (w - crop) // 2) if crop else (0, 0)
             rows, cols = slice(top, top + oh), slice(left, left + ow)
@@ -125,22 +127,14 @@ class DataTransformer:
             if mean is not None:
                 out -= mean[:, rows, cols]
         else:
-            if h0 is None:
-                top, left = ((h - crop) // 2, (w - crop) // 2) if crop else (0, 0)
-                h0, w0 = np.full(n, top), np.full(n, left)
-            hi = h0[:, None] + np.arange(oh)  # (N, H')
-            step = np.arange(ow)
-            if flips is not None:
-                step = np.where(flips[:, None], ow - 1 - step, step)  # (N, W')
-            wi = w0[:, None] + step
-            hi_ = hi[:, None, :, None]
-            wi_ = wi[:, None, None, :]
-            chan = np.arange(c)[None, :, None, None]
-            np.copyto(
-                out, batch[np.arange(n)[:, None, None, None], chan, hi_, wi_], casting="unsafe"
-            )
+            # one window per item: index a (free) view of every window by the item's offsets
+            windows = sliding_window_view(batch, (oh, ow), axis=(2, 3))
+            np.copyto(out, windows[np.arange(n), :, h0, w0], casting="unsafe")
             if mean is not None:
-                out -= mean[chan, hi_, wi_]
+                mean_windows = sliding_window_view(mean, (oh, ow), axis=(1, 2))
+                out -= mean_windows[:, h0, w0].transpose(1, 0, 2, 3)
+        if flips is not None and flips.any():
+            out[flips] = out[flips][..., ::-1]
         if len(self.mean_values):
             values = (
                 self.mean_values if len(self.mean_values) > 1 else np.repeat(self.mean_values, c)
