@@ -64,8 +64,10 @@ class Device:
             return np
         cp = get_cupy()
         if cp is None:
-            raise DeviceError("a GPU device was requested but CuPy or a CUDA device is missing; "
-                              "install minicaffe[gpu] or run on the CPU")
+            raise DeviceError(
+                "a GPU device was requested but CuPy or a CUDA device is missing; "
+                "install minicaffe[gpu] or run on the CPU"
+            )
         return cp
 
     def __str__(self) -> str:
@@ -138,6 +140,7 @@ def device_context(device: Device):
 
 
 # ---------------------------------------------------------------- process-wide mode (pycaffe)
+
 
 class _Mode:
     device: Device = CPU_DEVICE

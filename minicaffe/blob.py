@@ -88,7 +88,9 @@ class Blob:
     def _legacy(self, i: int) -> int:
         # Caffe's num/channels/height/width: axes 0..3 of a blob of at most 4 axes, 1 if absent.
         if len(self._shape) > 4:
-            raise ShapeError(f"num/channels/height/width need a blob of <= 4 axes; shape {self._shape}")
+            raise ShapeError(
+                f"num/channels/height/width need a blob of <= 4 axes; shape {self._shape}"
+            )
         return self._shape[i] if i < len(self._shape) else 1
 
     num = property(lambda self: self._legacy(0))
@@ -147,8 +149,10 @@ class Blob:
 
     def _check_share(self, other: Blob) -> None:
         if other.count != self.count:
-            raise ShapeError(f"cannot share memory between blobs of {self.count} and {other.count} "
-                             f"elements (shapes {self.shape} and {other.shape})")
+            raise ShapeError(
+                f"cannot share memory between blobs of {self.count} and {other.count} "
+                f"elements (shapes {self.shape} and {other.shape})"
+            )
         if other.xp is not self.xp or other.dtype != self.dtype:
             raise ShapeError("cannot share memory between blobs of different devices or dtypes")
 

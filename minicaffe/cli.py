@@ -25,14 +25,22 @@ COMMANDS: dict[str, str] = {
     "convert-imageset": "convert_imageset",
     "compute-image-mean": "compute_image_mean",
 }
-ALIASES = {"convert_imageset": "convert-imageset", "compute_image_mean": "compute-image-mean",
-           "parse_log": "parse-log", "device-query": "device_query"}
+ALIASES = {
+    "convert_imageset": "convert-imageset",
+    "compute_image_mean": "compute-image-mean",
+    "parse_log": "parse-log",
+    "device-query": "device_query",
+}
 
 _HELP_FALLBACK = {
-    "train": "train or fine-tune a model", "test": "score a model",
-    "time": "benchmark a model's layers", "device_query": "show GPU diagnostics",
-    "summary": "print a table of a net's layers", "upgrade": "upgrade a V0/V1 prototxt",
-    "draw": "draw a net graph", "parse-log": "parse a training log into CSV",
+    "train": "train or fine-tune a model",
+    "test": "score a model",
+    "time": "benchmark a model's layers",
+    "device_query": "show GPU diagnostics",
+    "summary": "print a table of a net's layers",
+    "upgrade": "upgrade a V0/V1 prototxt",
+    "draw": "draw a net graph",
+    "parse-log": "parse a training log into CSV",
     "plot": "plot training curves from a log",
     "convert-imageset": "build an LMDB of Datum from an image list",
     "compute-image-mean": "compute the mean image of a Datum LMDB",
@@ -46,7 +54,8 @@ def _load(name: str):
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minicaffe",
-        description="Run and train Caffe models (prototxt + caffemodel) on NumPy or CuPy.")
+        description="Run and train Caffe models (prototxt + caffemodel) on NumPy or CuPy.",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more (INFO level)")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -59,8 +68,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             module = _load(name)
         except ModuleNotFoundError:
             continue
-        p = sub.add_parser(name, help=getattr(module, "HELP", _HELP_FALLBACK.get(name, "")),
-                           description=getattr(module, "DESCRIPTION", None))
+        p = sub.add_parser(
+            name,
+            help=getattr(module, "HELP", _HELP_FALLBACK.get(name, "")),
+            description=getattr(module, "DESCRIPTION", None),
+        )
         module.add_arguments(p)
     return parser
 
@@ -83,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         return int(_load(args.command).run(args) or 0)
     except MinicaffeError as exc:

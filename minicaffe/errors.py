@@ -15,8 +15,15 @@ class MinicaffeError(Exception):
 class PrototxtError(MinicaffeError):
     """Malformed or invalid prototxt text (carries ``file:line:col`` when known)."""
 
-    def __init__(self, message: str, *, filename: str | None = None, line: int | None = None,
-                 column: int | None = None, token: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        filename: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+        token: str | None = None,
+    ):
         self.filename, self.line, self.column, self.token = filename, line, column, token
         where = filename or "<text>"
         if line is not None:
@@ -51,7 +58,7 @@ class LabelError(LayerError):
 
 
 class WeightsError(MinicaffeError):
-    """A weights or binary file (.caffemodel, .binaryproto, .solverstate, .h5) that cannot be used."""
+    """A weights or binary file (.caffemodel, .binaryproto, .solverstate, .h5) that is unusable."""
 
 
 class SolverError(MinicaffeError):

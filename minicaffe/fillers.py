@@ -24,8 +24,15 @@ import numpy as np
 from minicaffe.backend import rng
 from minicaffe.errors import LayerError
 
-FILLER_TYPES = ("constant", "uniform", "gaussian", "positive_unitball", "xavier", "msra",
-                "bilinear")
+FILLER_TYPES = (
+    "constant",
+    "uniform",
+    "gaussian",
+    "positive_unitball",
+    "xavier",
+    "msra",
+    "bilinear",
+)
 
 
 def _fan(shape, variance_norm: int) -> float:
@@ -69,8 +76,10 @@ def filler_values(shape, filler=None, *, where: str = "") -> np.ndarray:
         return g.normal(0.0, math.sqrt(2.0 / _fan(shape, filler.variance_norm)), size=shape)
     if kind == "bilinear":
         if len(shape) != 4 or shape[2] != shape[3]:
-            raise LayerError(f"{where}: the bilinear filler needs a 4-D blob with square kernels; "
-                             f"received shape {shape}")
+            raise LayerError(
+                f"{where}: the bilinear filler needs a 4-D blob with square kernels; "
+                f"received shape {shape}"
+            )
         k = shape[3]
         f = math.ceil(k / 2.0)
         c = (2 * f - 1 - f % 2) / (2.0 * f)

@@ -20,7 +20,7 @@ def _pb2():
     return caffe_pb2
 
 
-def make_state(phase: int | None = None, level: int | None = None, stages=()) :
+def make_state(phase: int | None = None, level: int | None = None, stages=()):
     """A NetState with Caffe's defaults (phase TEST, level 0, no stages)."""
     state = _pb2().NetState()
     if phase is not None:
@@ -49,8 +49,10 @@ def layer_included(layer, state) -> bool:
     """Caffe's rule: no include rules means kept; any matching exclude drops it; any matching
     include keeps it. A layer may not carry both kinds of rule."""
     if layer.include and layer.exclude:
-        raise NetBuildError(f"layer '{layer.name}' ({layer.type}) has both include and exclude "
-                            "rules; give one kind only")
+        raise NetBuildError(
+            f"layer '{layer.name}' ({layer.type}) has both include and exclude "
+            "rules; give one kind only"
+        )
     included = not layer.include
     if any(state_meets_rule(state, r) for r in layer.exclude):
         included = False
@@ -95,8 +97,10 @@ def insert_splits(net_param):
     for i, layer in enumerate(layers):
         for j, bottom in enumerate(layer.bottom):
             if bottom not in last_producer:
-                raise NetBuildError(f"layer '{layer.name}' ({layer.type}): unknown bottom blob "
-                                    f"'{bottom}' (bottom {j}); no earlier layer produces it")
+                raise NetBuildError(
+                    f"layer '{layer.name}' ({layer.type}): unknown bottom blob "
+                    f"'{bottom}' (bottom {j}); no earlier layer produces it"
+                )
             src = last_producer[bottom]
             source_of[(i, j)] = src
             consumers[src] = consumers.get(src, 0) + 1
@@ -144,7 +148,7 @@ def insert_splits(net_param):
 
 @dataclass
 class Topology:
-    inputs: list[str] = field(default_factory=list)   # tops of Input layers, in order
+    inputs: list[str] = field(default_factory=list)  # tops of Input layers, in order
     outputs: list[str] = field(default_factory=list)  # unconsumed blobs, sorted by name
     blob_order: list[str] = field(default_factory=list)  # every named blob, in creation order
 
@@ -157,8 +161,10 @@ def check_topology(net_param) -> Topology:
     for layer in net_param.layer:
         for j, bottom in enumerate(layer.bottom):
             if bottom not in produced:
-                raise NetBuildError(f"layer '{layer.name}' ({layer.type}): unknown bottom blob "
-                                    f"'{bottom}' (bottom {j})")
+                raise NetBuildError(
+                    f"layer '{layer.name}' ({layer.type}): unknown bottom blob "
+                    f"'{bottom}' (bottom {j})"
+                )
             available.discard(bottom)
         for j, top in enumerate(layer.top):
             in_place = j < len(layer.bottom) and layer.bottom[j] == top
@@ -167,9 +173,12 @@ def check_topology(net_param) -> Topology:
                     raise NetBuildError(
                         f"layer '{layer.name}' ({layer.type}): top '{top}' (top {j}) reuses a "
                         f"bottom name at another position; in-place computation needs top {j} "
-                        f"to equal bottom {j}")
-                raise NetBuildError(f"layer '{layer.name}' ({layer.type}): top blob '{top}' is "
-                                    "produced by multiple sources")
+                        f"to equal bottom {j}"
+                    )
+                raise NetBuildError(
+                    f"layer '{layer.name}' ({layer.type}): top blob '{top}' is "
+                    "produced by multiple sources"
+                )
             if top not in produced:
                 topo.blob_order.append(top)
             produced.add(top)

@@ -44,8 +44,14 @@ class Layer:
     # Layers that need host (NumPy) arrays whatever the net's device (Python layers, writers).
     host_only: ClassVar[bool] = False
 
-    def __init__(self, layer_param, *, phase: int | None = None, device: Device = CPU_DEVICE,
-                 dtype=np.float32):
+    def __init__(
+        self,
+        layer_param,
+        *,
+        phase: int | None = None,
+        device: Device = CPU_DEVICE,
+        dtype=np.float32,
+    ):
         from minicaffe.proto import caffe_pb2
 
         self.layer_param = caffe_pb2.LayerParameter()
@@ -107,14 +113,17 @@ class Layer:
         if self.max_top_blobs >= 0 and nt > self.max_top_blobs:
             raise bad("top", f"at most {self.max_top_blobs}", nt)
         if self.equal_num_bottom_top_blobs and nb != nt:
-            raise self.error(f"needs as many tops as bottoms; received {nb} bottoms, {nt} tops",
-                             ShapeError)
+            raise self.error(
+                f"needs as many tops as bottoms; received {nb} bottoms, {nt} tops", ShapeError
+            )
 
     def set_loss_weights(self, top: list[Blob]) -> None:
         weights = list(self.layer_param.loss_weight)
         if weights and len(weights) != len(top):
-            raise self.error(f"loss_weight must be given once per top ({len(top)}) or not at all; "
-                             f"received {len(weights)} values")
+            raise self.error(
+                f"loss_weight must be given once per top ({len(top)}) or not at all; "
+                f"received {len(weights)} values"
+            )
         self.loss_weights = weights or [0.0] * len(top)
         for blob, w in zip(top, self.loss_weights, strict=True):
             if w != 0:
@@ -173,8 +182,11 @@ class Layer:
                 if len(blob.shape) == 4 and shape_equals_legacy(shape, blob.shape):
                     blob.reshape(shape)
                 else:
-                    raise self.error(f"parameter blob {index} must have shape {shape}; "
-                                     f"the given blob has shape {blob.shape}", ShapeError)
+                    raise self.error(
+                        f"parameter blob {index} must have shape {shape}; "
+                        f"the given blob has shape {blob.shape}",
+                        ShapeError,
+                    )
             return blob
         if index != len(self.blobs):
             raise self.error(f"parameter blobs must be created in order (asked for {index})")
@@ -215,8 +227,11 @@ class LossLayer(Layer):
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
         if bottom[0].shape[:1] != bottom[1].shape[:1]:
-            raise self.error("the data and label should have the same first dimension; received "
-                             f"{bottom[0].shape} and {bottom[1].shape}", ShapeError)
+            raise self.error(
+                "the data and label should have the same first dimension; received "
+                f"{bottom[0].shape} and {bottom[1].shape}",
+                ShapeError,
+            )
         top[0].reshape(())
 
     def allow_force_backward(self, bottom_index: int) -> bool:

@@ -73,13 +73,14 @@ def parse_text(text: str, message, filename: str | None = None):
         if line:
             lines = text.splitlines()
             if 0 < line <= len(lines):
-                rest = lines[line - 1][max(col - 1, 0):]
+                rest = lines[line - 1][max(col - 1, 0) :]
                 token = rest.split()[0] if rest.split() else None
         msg = detail.replace('"minicaffe.', '"')
         if token:
             msg += f" (at {token!r})"
-        raise PrototxtError(msg, filename=filename, line=line or None, column=col or None,
-                            token=token) from None
+        raise PrototxtError(
+            msg, filename=filename, line=line or None, column=col or None, token=token
+        ) from None
     return message
 
 
@@ -98,8 +99,11 @@ def read_text(source, message_type, *, what: str = "file"):
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise PrototxtError("is not a text prototxt (it is binary; a .caffemodel is passed as "
-                            "weights, not as the model definition)", filename=path) from None
+        raise PrototxtError(
+            "is not a text prototxt (it is binary; a .caffemodel is passed as "
+            "weights, not as the model definition)",
+            filename=path,
+        ) from None
     return parse_text(text, message_type(), path), path
 
 
@@ -208,7 +212,17 @@ def _len_field(num: int, payload: bytes) -> bytes:
 
 
 # BlobProto field numbers
-_B_NUM, _B_CH, _B_H, _B_W, _B_DATA, _B_DIFF, _B_SHAPE, _B_DDATA, _B_DDIFF = 1, 2, 3, 4, 5, 6, 7, 8, 9
+_B_NUM, _B_CH, _B_H, _B_W, _B_DATA, _B_DIFF, _B_SHAPE, _B_DDATA, _B_DDIFF = (
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    7,
+    8,
+    9,
+)
 
 
 @dataclass
@@ -266,8 +280,9 @@ def _parse_blob(buf, start: int, end: int) -> BlobArrays:
     if data is None:
         data = np.zeros(0, np.float32)
     if data.size not in (count, 0):
-        raise _Truncated(f"a blob of shape {tuple(shape)} needs {count} values but holds "
-                         f"{data.size}")
+        raise _Truncated(
+            f"a blob of shape {tuple(shape)} needs {count} values but holds {data.size}"
+        )
     data = data.reshape(shape) if data.size else np.zeros(shape, np.float32)
     if diff is not None and diff.size == count:
         diff = diff.reshape(shape)
@@ -285,8 +300,9 @@ def blob_proto_bytes(data: np.ndarray, diff: np.ndarray | None = None) -> bytes:
         if diff is not None and np.asarray(diff).size:
             out += _len_field(_B_DIFF, np.asarray(diff).astype("<f4", copy=False).tobytes())
     if arr.ndim:
-        out += _len_field(_B_SHAPE, _len_field(1, b"".join(_encode_varint(int(d))
-                                                            for d in arr.shape)))
+        out += _len_field(
+            _B_SHAPE, _len_field(1, b"".join(_encode_varint(int(d)) for d in arr.shape))
+        )
     if double:
         if arr.size:
             out += _len_field(_B_DDATA, arr.astype("<f8", copy=False).tobytes())
@@ -308,8 +324,11 @@ def blobproto_to_array(proto, dtype=None, *, return_diff: bool = False) -> np.nd
 def array_to_blobproto(arr, diff=None):
     """An ndarray as a BlobProto message (N-d ``shape`` form)."""
     proto = caffe_pb2.BlobProto()
-    proto.ParseFromString(blob_proto_bytes(np.asarray(arr, dtype=np.float32)
-                                           if np.asarray(arr).dtype != np.float64 else arr, diff))
+    proto.ParseFromString(
+        blob_proto_bytes(
+            np.asarray(arr, dtype=np.float32) if np.asarray(arr).dtype != np.float64 else arr, diff
+        )
+    )
     return proto
 
 
@@ -399,14 +418,17 @@ def read_caffemodel(path) -> CaffeModel:
             else:
                 header += buf[fstart:vend]
     except _Truncated as exc:
-        raise WeightsError(f"{path}: truncated or corrupt .caffemodel ({exc}); expected a binary "
-                           "NetParameter as written by Caffe") from None
+        raise WeightsError(
+            f"{path}: truncated or corrupt .caffemodel ({exc}); expected a binary "
+            "NetParameter as written by Caffe"
+        ) from None
     net = caffe_pb2.NetParameter()
     try:
         net.ParseFromString(bytes(header) + b"".join(layer_entries))
     except pb_message.DecodeError as exc:
-        raise WeightsError(f"{path}: corrupt .caffemodel ({exc}); expected a binary NetParameter"
-                           ) from None
+        raise WeightsError(
+            f"{path}: corrupt .caffemodel ({exc}); expected a binary NetParameter"
+        ) from None
     if len(net.layer) and len(net.layers):
         raise WeightsError(f"{path}: holds both 'layer' and legacy 'layers' entries")
     if len(net.layers):
@@ -414,8 +436,9 @@ def read_caffemodel(path) -> CaffeModel:
         if any(lp.HasField("layer") for lp in net.layers):  # V0: blobs live in the inner layer
             full = caffe_pb2.NetParameter()
             full.ParseFromString(raw)
-            weights = [(lp.layer.name, [_parse_blob_msg(b) for b in lp.layer.blobs])
-                       for lp in full.layers]
+            weights = [
+                (lp.layer.name, [_parse_blob_msg(b) for b in lp.layer.blobs]) for lp in full.layers
+            ]
             net = full
             for lp in net.layers:
                 lp.layer.ClearField("blobs")
@@ -444,12 +467,14 @@ def _read_caffemodel_h5(path: str) -> CaffeModel:
             for name in group:
                 layer_group = group[name]
                 idx = sorted(layer_group, key=int)
-                weights.append((name, [BlobArrays(np.asarray(layer_group[i], dtype=np.float32))
-                                       for i in idx]))
+                weights.append(
+                    (name, [BlobArrays(np.asarray(layer_group[i], dtype=np.float32)) for i in idx])
+                )
                 net.layer.add(name=name)
     except (OSError, KeyError) as exc:
-        raise WeightsError(f"{path}: not a Caffe HDF5 weights file ({exc}); expected groups "
-                           "/data/<layer>/<index>") from None
+        raise WeightsError(
+            f"{path}: not a Caffe HDF5 weights file ({exc}); expected groups /data/<layer>/<index>"
+        ) from None
     return CaffeModel(net=net, weights=weights, path=path)
 
 
@@ -468,7 +493,8 @@ def caffemodel_bytes(net_param, layer_blobs: list[list]) -> bytes:
         lp.ClearField("blobs")
         payload = b"".join(
             _len_field(_LAYER_BLOBS, blob_proto_bytes(*(b if isinstance(b, tuple) else (b,))))
-            for b in blobs)
+            for b in blobs
+        )
         body = _insert_before(lp.SerializeToString(deterministic=True), _LAYER_BLOBS, payload)
         out.append(_len_field(_NET_LAYER, body))
     return b"".join(out)
@@ -487,8 +513,10 @@ def read_binaryproto(path) -> np.ndarray:
     try:
         return _parse_blob(memoryview(raw), 0, len(raw)).data
     except _Truncated as exc:
-        raise WeightsError(f"{os.fspath(path)}: truncated or corrupt .binaryproto ({exc}); "
-                           "expected a serialized BlobProto") from None
+        raise WeightsError(
+            f"{os.fspath(path)}: truncated or corrupt .binaryproto ({exc}); "
+            "expected a serialized BlobProto"
+        ) from None
 
 
 def write_binaryproto(path, arr, *, legacy: bool = False) -> None:
@@ -519,8 +547,10 @@ def read_solverstate(path):
         state = caffe_pb2.SolverState()
         state.ParseFromString(kept)
     except (_Truncated, pb_message.DecodeError) as exc:
-        raise WeightsError(f"{os.fspath(path)}: truncated or corrupt .solverstate ({exc}); "
-                           "expected a serialized SolverState") from None
+        raise WeightsError(
+            f"{os.fspath(path)}: truncated or corrupt .solverstate ({exc}); "
+            "expected a serialized SolverState"
+        ) from None
     return state, [b.data for b in blobs]
 
 
@@ -537,9 +567,25 @@ def write_solverstate(path, state, history: list[np.ndarray]) -> None:
 
 
 __all__ = [
-    "atomic_write_bytes", "atomic_write_text", "parse_text", "read_text", "read_net_param",
-    "read_solver_param", "write_text", "to_text", "read_caffemodel", "write_caffemodel",
-    "caffemodel_bytes", "CaffeModel", "BlobArrays", "read_binaryproto", "write_binaryproto",
-    "blobproto_to_array", "array_to_blobproto", "blob_proto_bytes", "read_solverstate",
-    "write_solverstate", "solverstate_bytes"
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "parse_text",
+    "read_text",
+    "read_net_param",
+    "read_solver_param",
+    "write_text",
+    "to_text",
+    "read_caffemodel",
+    "write_caffemodel",
+    "caffemodel_bytes",
+    "CaffeModel",
+    "BlobArrays",
+    "read_binaryproto",
+    "write_binaryproto",
+    "blobproto_to_array",
+    "array_to_blobproto",
+    "blob_proto_bytes",
+    "read_solverstate",
+    "write_solverstate",
+    "solverstate_bytes",
 ]

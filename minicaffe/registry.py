@@ -31,11 +31,16 @@ def register_layer(type_name: str):
 
     def decorate(cls):
         existing = _REGISTRY.get(type_name)
-        if existing is not None and existing is not cls and (
-            existing.__module__, existing.__qualname__) != (cls.__module__, cls.__qualname__):
-            raise ValueError(f"layer type {type_name!r} is registered twice: by "
-                             f"{existing.__module__}.{existing.__qualname__} and "
-                             f"{cls.__module__}.{cls.__qualname__}")
+        if (
+            existing is not None
+            and existing is not cls
+            and (existing.__module__, existing.__qualname__) != (cls.__module__, cls.__qualname__)
+        ):
+            raise ValueError(
+                f"layer type {type_name!r} is registered twice: by "
+                f"{existing.__module__}.{existing.__qualname__} and "
+                f"{cls.__module__}.{cls.__qualname__}"
+            )
         cls.type_name = type_name
         _REGISTRY[type_name] = cls
         return cls

@@ -34,11 +34,22 @@ def net_summary(net) -> str:
         total_params += count
         link = f"{bottoms} -> {tops}" if bottoms else f"-> {tops}"
         shared = "" if count or not layer.blobs else " (shared)"
-        rows.append((str(i), name, layer.type, link, shapes, pshapes,
-                     (f"{count:,}" if layer.blobs else "") + shared))
+        rows.append(
+            (
+                str(i),
+                name,
+                layer.type,
+                link,
+                shapes,
+                pshapes,
+                (f"{count:,}" if layer.blobs else "") + shared,
+            )
+        )
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    lines = [f"Net '{net.name}' (phase {'TRAIN' if net.phase == TRAIN else 'TEST'}, "
-             f"device {net.device}, {len(net.layers)} layers)"]
+    lines = [
+        f"Net '{net.name}' (phase {'TRAIN' if net.phase == TRAIN else 'TEST'}, "
+        f"device {net.device}, {len(net.layers)} layers)"
+    ]
     for k, r in enumerate(rows):
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
         if k == 0:
@@ -46,8 +57,12 @@ def net_summary(net) -> str:
     itemsize = net.dtype.itemsize
     act = sum(b.count for b in {id(b): b for b in net.blobs.values()}.values())
     lines.append("")
-    lines.append(f"parameters: {total_params:,} ({_mib(total_params * itemsize)}); "
-                 f"activations: {act:,} values ({_mib(act * itemsize)}, data only; backward "
-                 "doubles it)")
-    lines.append(f"inputs: {', '.join(net.inputs) or '-'}; outputs: {', '.join(net.outputs) or '-'}")
+    lines.append(
+        f"parameters: {total_params:,} ({_mib(total_params * itemsize)}); "
+        f"activations: {act:,} values ({_mib(act * itemsize)}, data only; backward "
+        "doubles it)"
+    )
+    lines.append(
+        f"inputs: {', '.join(net.inputs) or '-'}; outputs: {', '.join(net.outputs) or '-'}"
+    )
     return "\n".join(lines)

@@ -23,8 +23,11 @@ GOLDENS = Path(__file__).parent / "data" / "goldens"
 def case_names(kind: str | None = None, group: str | None = None) -> list[str]:
     index = json.loads((GOLDENS / "index.json").read_text())
     cases = index["cases"] if isinstance(index, dict) and "cases" in index else index
-    return [c["name"] for c in cases
-            if (kind is None or c["kind"] == kind) and (group is None or c["group"] == group)]
+    return [
+        c["name"]
+        for c in cases
+        if (kind is None or c["kind"] == kind) and (group is None or c["group"] == group)
+    ]
 
 
 def load_case(name: str):
@@ -33,8 +36,15 @@ def load_case(name: str):
     return GOLDENS / f"{name}.prototxt", {k: z[k] for k in z.files if k != "meta"}, meta
 
 
-def replay(name: str, *, xp=np, dtype=np.float32, rtol: float = 1e-4, atol: float = 1e-5,
-           backward: bool = True):
+def replay(
+    name: str,
+    *,
+    xp=np,
+    dtype=np.float32,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+    backward: bool = True,
+):
     """Run case ``name`` through minicaffe and assert every recorded array matches."""
     from minicaffe import TEST, TRAIN, Net
 
@@ -59,8 +69,13 @@ def replay(name: str, *, xp=np, dtype=np.float32, rtol: float = 1e-4, atol: floa
     loss = net.forward_prefilled()
 
     def check(got, want, what):
-        np.testing.assert_allclose(np.asarray(to_numpy(got), dtype=np.float64), want, rtol=rtol,
-                                   atol=atol, err_msg=f"golden {name}: {what}")
+        np.testing.assert_allclose(
+            np.asarray(to_numpy(got), dtype=np.float64),
+            want,
+            rtol=rtol,
+            atol=atol,
+            err_msg=f"golden {name}: {what}",
+        )
 
     for key, value in arrays.items():
         kind, *rest = key.split("::")

@@ -49,11 +49,13 @@ def test_errors_are_one_line_with_exit_code_1(tmp_path, capsys):
 
 
 def test_usage_errors_exit_2():
-    proc = subprocess.run([sys.executable, "-m", "minicaffe", "summary"], capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "minicaffe", "summary"], capture_output=True, text=True
+    )
     assert proc.returncode == 2 and "usage" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "minicaffe", "no-such-command"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "minicaffe", "no-such-command"], capture_output=True, text=True
+    )
     assert proc.returncode == 2
 
 

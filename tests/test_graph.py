@@ -67,7 +67,11 @@ def test_filter_by_phase_stage_level():
     assert names(filter_net(p, make_state(1))) == ["data", "test_only", "not_deploy"]
     assert names(filter_net(p, make_state(1, 0, ["deploy"]))) == ["data", "test_only"]
     assert names(filter_net(p, make_state(1, 0, ["extra"]))) == [
-        "data", "test_only", "not_deploy", "either"]
+        "data",
+        "test_only",
+        "not_deploy",
+        "either",
+    ]
     assert names(filter_net(p, make_state(1, 1))) == ["data", "test_only", "not_deploy", "lvl"]
 
 
@@ -127,8 +131,10 @@ def test_loss_weight_counts_as_a_consumer_and_moves_to_split():
 
 
 def test_unknown_bottom_names_layer_and_blob():
-    p = net('layer { name: "data" type: "Input" top: "x" } '
-            'layer { name: "r" type: "ReLU" bottom: "nope" top: "y" }')
+    p = net(
+        'layer { name: "data" type: "Input" top: "x" } '
+        'layer { name: "r" type: "ReLU" bottom: "nope" top: "y" }'
+    )
     with pytest.raises(NetBuildError, match="layer 'r' \\(ReLU\\).*unknown bottom blob 'nope'"):
         insert_splits(p)
     with pytest.raises(NetBuildError, match="'r'.*'nope'"):
@@ -136,14 +142,18 @@ def test_unknown_bottom_names_layer_and_blob():
 
 
 def test_duplicate_top_is_an_error_naming_both():
-    p = net('layer { name: "d1" type: "Input" top: "x" } layer { name: "d2" type: "Input" top: "x" }')
+    p = net(
+        'layer { name: "d1" type: "Input" top: "x" } layer { name: "d2" type: "Input" top: "x" }'
+    )
     with pytest.raises(NetBuildError, match="'d2'.*top blob 'x'.*multiple sources"):
         check_topology(p)
 
 
 def test_in_place_must_use_the_same_position():
-    p = net('layer { name: "d" type: "Input" top: "x" top: "y" } '
-            'layer { name: "s" type: "Slice" bottom: "x" bottom: "y" top: "y" top: "z" }')
+    p = net(
+        'layer { name: "d" type: "Input" top: "x" top: "y" } '
+        'layer { name: "s" type: "Slice" bottom: "x" bottom: "y" top: "y" top: "z" }'
+    )
     with pytest.raises(NetBuildError, match="'s'.*top 'y'.*in-place"):
         check_topology(p)
 

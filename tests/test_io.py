@@ -38,7 +38,7 @@ def test_prototxt_error_has_file_line_col_and_token(tmp_path):
 
 def test_prototxt_error_for_bad_value_and_unbalanced_braces(tmp_path):
     with pytest.raises(PrototxtError, match=r"<text>:1:\d+: .*(phase|TRIAN)"):
-        read_net_param('state { phase: TRIAN }')
+        read_net_param("state { phase: TRIAN }")
     path = tmp_path / "open.prototxt"
     path.write_text("layer {\n  name: 'a'\n")
     with pytest.raises(PrototxtError, match=f"{path}:"):
@@ -62,7 +62,11 @@ def test_solver_upgrade_of_solver_type():
 def test_read_net_param_upgrades_legacy_inputs():
     net = read_net_param('input: "data" input_dim: 1 input_dim: 3 input_dim: 4 input_dim: 5')
     assert net.layer[0].type == "Input" and list(net.layer[0].input_param.shape[0].dim) == [
-        1, 3, 4, 5]
+        1,
+        3,
+        4,
+        5,
+    ]
 
 
 @pytest.mark.parametrize("name", NETS)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import types
 import warnings
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 import minicaffe
 from minicaffe import TEST, TRAIN, Net, backend
 from minicaffe.errors import NetBuildError, UnknownLayerError, WeightsError
+from tests.helpers import FakeCupy
 
 MLP = """
 name: "mlp"
@@ -51,8 +51,9 @@ def _objective(net, x, r):
 
 def test_mlp_gradients_match_finite_differences():
     """An MLP from prototxt text: every param and the input gradient, by central differences."""
-    net = Net(MLP.replace('name: "mlp"', 'name: "mlp" force_backward: true'), TRAIN,
-              dtype=np.float64)
+    net = Net(
+        MLP.replace('name: "mlp"', 'name: "mlp" force_backward: true'), TRAIN, dtype=np.float64
+    )
     rng = np.random.default_rng(3)
     x = rng.standard_normal((5, 4))
     r = rng.standard_normal((5, 3))
@@ -66,8 +67,9 @@ def test_mlp_gradients_match_finite_differences():
         for i, b in enumerate(net.params[name]):
             analytic[(name, i)] = b.diff.copy()
     eps = 1e-6
-    targets = [("x", net.blobs["x"])] + [((n, i), b) for n in ("ip1", "ip2")
-                                         for i, b in enumerate(net.params[n])]
+    targets = [("x", net.blobs["x"])] + [
+        ((n, i), b) for n in ("ip1", "ip2") for i, b in enumerate(net.params[n])
+    ]
     for key, blob in targets:
         base = blob.data.copy()
         num = np.zeros_like(base)
@@ -100,7 +102,7 @@ def test_loss_is_weighted_sum_and_param_diffs_accumulate():
 def test_no_backward_into_input_without_force_backward():
     net = mlp()
     assert net.bottom_need_backward[1] == [False]  # ip1 does not propagate into data
-    assert net.layer_need_backward[1] is True     # but computes its param gradients
+    assert net.layer_need_backward[1] is True  # but computes its param gradients
     forced = Net(MLP.replace('name: "mlp"', 'name: "mlp" force_backward: true'), TRAIN)
     assert forced.bottom_need_backward[1] == [True]
 
@@ -120,17 +122,23 @@ def test_lr_mult_zero_and_propagate_down():
     assert net2.bottom_need_backward[3] == [False]
     assert net2.layer_need_backward[1] is False  # nothing flows back into ip1 any more
     with pytest.raises(NetBuildError, match="propagate_down"):
-        Net(MLP.replace('bottom: "h" top: "y"',
-                        'bottom: "h" top: "y" propagate_down: false propagate_down: true'))
+        Net(
+            MLP.replace(
+                'bottom: "h" top: "y"',
+                'bottom: "h" top: "y" propagate_down: false propagate_down: true',
+            )
+        )
 
 
 def test_shared_parameters_share_data_and_diff():
     text = """
     layer { name: "d" type: "Input" top: "a" top: "b"
             input_param { shape { dim: 2 dim: 3 } } }
-    layer { name: "f1" type: "InnerProduct" bottom: "a" top: "fa" param { name: "w" } param { name: "bias" }
+    layer { name: "f1" type: "InnerProduct" bottom: "a" top: "fa"
+            param { name: "w" } param { name: "bias" }
             inner_product_param { num_output: 2 weight_filler { type: "gaussian" } } }
-    layer { name: "f2" type: "InnerProduct" bottom: "b" top: "fb" param { name: "w" lr_mult: 2 } param { name: "bias" }
+    layer { name: "f2" type: "InnerProduct" bottom: "b" top: "fb"
+            param { name: "w" lr_mult: 2 } param { name: "bias" }
             inner_product_param { num_output: 2 } }
     layer { name: "s" type: "Silence" bottom: "fa" bottom: "fb" }
     """
@@ -144,16 +152,20 @@ def test_shared_parameters_share_data_and_diff():
     assert w2.data[0, 0] == 42.0
     w2.diff[...] = 1.0
     assert w1.diff.sum() == 6.0
-    bad = text.replace('param { name: "w" lr_mult: 2 }', 'param { name: "w" lr_mult: 2 }', 1)
-    bad = bad.replace('inner_product_param { num_output: 2 } }', 'inner_product_param { num_output: 3 } }')
+    bad = text.replace(
+        "inner_product_param { num_output: 2 } }", "inner_product_param { num_output: 3 } }"
+    )
     with pytest.raises(NetBuildError, match="'f2'.*shared parameter 'w'.*shape"):
         Net(bad, TRAIN)
 
 
 def test_phase_level_stage_constructor_forms(tmp_path):
-    text = MLP + """
+    text = (
+        MLP
+        + """
     layer { name: "t" type: "Softmax" bottom: "y" top: "tt" include { phase: TEST stage: "s" } }
     """
+    )
     path = tmp_path / "net.prototxt"
     path.write_text(text)
     assert "t" not in Net(str(path), TEST).layer_dict
@@ -183,8 +195,13 @@ def test_copy_from_reports_and_shape_mismatch(tmp_path):
     wide = Net(MLP.replace("num_output: 6", "num_output: 7"), TRAIN)
     with pytest.raises(WeightsError, match="layer 'ip1'.*shape mismatch.*\\(6, 4\\).*\\(7, 4\\)"):
         wide.copy_from(str(path))
-    nobias = Net(MLP.replace("inner_product_param { num_output: 6",
-                             "inner_product_param { bias_term: false num_output: 6"), TRAIN)
+    nobias = Net(
+        MLP.replace(
+            "inner_product_param { num_output: 6",
+            "inner_product_param { bias_term: false num_output: 6",
+        ),
+        TRAIN,
+    )
     with pytest.raises(WeightsError, match="'ip1'.*2 parameter blobs in the file but 1"):
         nobias.copy_from(str(path))
 
@@ -194,9 +211,17 @@ def test_legacy_4d_weights_are_accepted():
     w = np.arange(24, dtype=np.float32).reshape(1, 1, 6, 4)
     from minicaffe.prototxt import BlobArrays
 
-    net.copy_from_arrays([("ip1", [BlobArrays(w, legacy=(1, 1, 6, 4)),
-                                   BlobArrays(np.zeros((1, 1, 1, 6), np.float32),
-                                              legacy=(1, 1, 1, 6))])])
+    net.copy_from_arrays(
+        [
+            (
+                "ip1",
+                [
+                    BlobArrays(w, legacy=(1, 1, 6, 4)),
+                    BlobArrays(np.zeros((1, 1, 1, 6), np.float32), legacy=(1, 1, 1, 6)),
+                ],
+            )
+        ]
+    )
     np.testing.assert_array_equal(net.params["ip1"][0].data, w.reshape(6, 4))
 
 
@@ -219,25 +244,6 @@ def test_input_of_new_batch_size_reshapes_the_net():
 
 
 # ---------------------------------------------------------------- engines and devices
-
-
-class FakeCupy(types.ModuleType):
-    """A stand-in 'cupy' backed by NumPy, so device-boundary logic runs without a GPU."""
-
-    def __init__(self):
-        super().__init__("fakecupy")
-        self.cuda = types.SimpleNamespace(
-            runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
-            Device=lambda i=0: __import__("contextlib").nullcontext())
-
-    def __getattr__(self, name):
-        return getattr(np, name)
-
-    def asnumpy(self, a):
-        return np.asarray(a)
-
-    def get_array_module(self, a):
-        return np
 
 
 @pytest.fixture

@@ -20,8 +20,7 @@ def test_net_golden_from_caffemodel(name):
     from minicaffe import TEST, Net
 
     z = np.load(GOLDENS / f"{name}.npz")
-    net = Net(str(GOLDENS / f"{name}.prototxt"), TEST,
-              weights=str(GOLDENS / f"{name}.caffemodel"))
+    net = Net(str(GOLDENS / f"{name}.prototxt"), TEST, weights=str(GOLDENS / f"{name}.caffemodel"))
     for key in z.files:
         if key.startswith("in::"):
             net.blobs[key[4:]].data[...] = z[key]

@@ -17,7 +17,8 @@ def run(args) -> int:
     from minicaffe import Net
     from minicaffe.summary import net_summary
 
-    net = Net(args.model, phase=args.phase, level=args.level, stages=args.stage,
-              weights=args.weights)
+    net = Net(
+        args.model, phase=args.phase, level=args.level, stages=args.stage, weights=args.weights
+    )
     print(net_summary(net))
     return 0

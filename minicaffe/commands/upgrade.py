@@ -11,8 +11,11 @@ HELP = "upgrade a V0/V1 net (or an old solver) prototxt to the current format"
 def add_arguments(parser) -> None:
     parser.add_argument("input", help="net or solver prototxt, or a binary .caffemodel")
     parser.add_argument("-o", "--output", help="where to write (default: stdout)")
-    parser.add_argument("--solver", action="store_true",
-                        help="treat the input as a solver (default: guessed from its fields)")
+    parser.add_argument(
+        "--solver",
+        action="store_true",
+        help="treat the input as a solver (default: guessed from its fields)",
+    )
 
 
 def _is_solver(path: str) -> bool:

@@ -26,21 +26,28 @@ class DummyDataLayer(Layer):
             raise self.error("give either shape or num/channels/height/width, not both")
         if p.shape:
             if len(p.shape) not in (1, n):
-                raise self.error(f"shape must be given once or once per top ({n}); received "
-                                 f"{len(p.shape)}", ShapeError)
+                raise self.error(
+                    f"shape must be given once or once per top ({n}); received {len(p.shape)}",
+                    ShapeError,
+                )
             shapes = [tuple(p.shape[0 if len(p.shape) == 1 else i].dim) for i in range(n)]
         else:
             for values in legacy:
                 if len(values) not in (1, n):
-                    raise self.error("num, channels, height and width must each be given once or "
-                                     f"once per top ({n})", ShapeError)
+                    raise self.error(
+                        "num, channels, height and width must each be given once or "
+                        f"once per top ({n})",
+                        ShapeError,
+                    )
             shapes = [tuple(v[0 if len(v) == 1 else i] for v in legacy) for i in range(n)]
         fillers = list(p.data_filler)
         if len(fillers) not in (0, 1, n):
-            raise self.error(f"data_filler must be given 0, 1 or {n} times; received "
-                             f"{len(fillers)}")
-        self._fillers = [(fillers[0] if len(fillers) == 1 else fillers[i]) if fillers else None
-                         for i in range(n)]
+            raise self.error(
+                f"data_filler must be given 0, 1 or {n} times; received {len(fillers)}"
+            )
+        self._fillers = [
+            (fillers[0] if len(fillers) == 1 else fillers[i]) if fillers else None for i in range(n)
+        ]
         self._refill = [f is not None and f.type != "constant" for f in self._fillers]
         for blob, shape, filler in zip(top, shapes, self._fillers, strict=True):
             blob.reshape(shape)

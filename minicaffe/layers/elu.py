@@ -23,6 +23,11 @@ class ELULayer(NeuronLayer):
     def forward(self, bottom, top):
         xp, y = self.xp, top[0].data
         x = keep_input(self, bottom, top, needed=self.alpha < 0)
+        if self.device.is_gpu:
+            from minicaffe.gpu import activations
+
+            activations.elu_forward(x, self.alpha, out=y)
+            return
         t = scratch(self, "neg", x.shape)
         xp.minimum(x, 0, out=t)
         xp.expm1(t, out=t)
@@ -35,6 +40,11 @@ class ELULayer(NeuronLayer):
             return
         xp, y, dy = self.xp, top[0].data, top[0].diff
         x = saved_input(self, bottom, top) if self.alpha < 0 else bottom[0].data
+        if self.device.is_gpu:
+            from minicaffe.gpu import activations
+
+            activations.elu_backward(x, y, dy, self.alpha, out=bottom[0].diff)
+            return
         # factor = 1 + [x <= 0] * (y + alpha - 1)
         m = scratch(self, "mask", y.shape)
         xp.less_equal(x, 0, out=m)

@@ -19,8 +19,11 @@ class InputLayer(Layer):
     def setup(self, bottom, top):
         shapes = self.layer_param.input_param.shape
         if len(shapes) not in (0, 1, len(top)):
-            raise self.error(f"input_param.shape must be given 0, 1 or {len(top)} times (once per "
-                             f"top); received {len(shapes)}", ShapeError)
+            raise self.error(
+                f"input_param.shape must be given 0, 1 or {len(top)} times (once per "
+                f"top); received {len(shapes)}",
+                ShapeError,
+            )
         for i, blob in enumerate(top):
             if shapes:
                 blob.reshape(tuple(shapes[0 if len(shapes) == 1 else i].dim))

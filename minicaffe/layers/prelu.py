@@ -49,6 +49,11 @@ class PReLULayer(NeuronLayer):
     def forward(self, bottom, top):
         xp, bc, y = self.xp, self.bc, top[0].data
         x = keep_input(self, bottom, top)
+        if self.device.is_gpu:
+            from minicaffe.gpu import activations
+
+            activations.prelu_forward(x, self.blobs[0].data, out=y)
+            return
         # max(x, 0) + a * min(x, 0): four plain passes (masked copies are far slower in NumPy)
         t = scratch(self, "tmp", x.shape)
         xp.minimum(x, 0, out=t)
@@ -60,6 +65,14 @@ class PReLULayer(NeuronLayer):
     def backward(self, top, propagate_down, bottom):
         xp, bc = self.xp, self.bc
         x, dy = saved_input(self, bottom, top), top[0].diff
+        if self.device.is_gpu:
+            from minicaffe.gpu import activations
+
+            activations.prelu_backward(
+                x, dy, self.blobs[0].data,
+                out=bottom[0].diff if propagate_down[0] else None,
+                slope_diff=self.blobs[0].diff if self.param_propagate_down[0] else None)
+            return
         t = scratch(self, "tmp", x.shape)
         if self.param_propagate_down[0]:
             xp.minimum(x, 0, out=t)

@@ -17,6 +17,11 @@ class SigmoidLayer(NeuronLayer):
 
     def forward(self, bottom, top):
         xp, y = self.xp, top[0].data
+        if self.device.is_gpu:
+            from minicaffe.gpu import activations
+
+            activations.sigmoid_forward(bottom[0].data, out=y)
+            return
         xp.multiply(bottom[0].data, 0.5, out=y)
         xp.tanh(y, out=y)
         y *= 0.5
@@ -26,6 +31,11 @@ class SigmoidLayer(NeuronLayer):
         if not propagate_down[0]:
             return
         xp, y, dy, dx = self.xp, top[0].data, top[0].diff, bottom[0].diff
+        if self.device.is_gpu:
+            from minicaffe.gpu import activations
+
+            activations.sigmoid_backward(y, dy, out=dx)
+            return
         t = scratch(self, "grad", y.shape)
         xp.subtract(1, y, out=t)
         t *= y

@@ -22,6 +22,11 @@ class TanHLayer(NeuronLayer):
         if not propagate_down[0]:
             return
         xp, y, dy, dx = self.xp, top[0].data, top[0].diff, bottom[0].diff
+        if self.device.is_gpu:
+            from minicaffe.gpu import activations
+
+            activations.tanh_backward(y, dy, out=dx)
+            return
         t = scratch(self, "grad", y.shape)
         xp.multiply(y, y, out=t)
         xp.subtract(1, t, out=t)
