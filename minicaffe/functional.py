@@ -148,7 +148,7 @@ def _gemm(xp, a, b, out) -> None:
 
 def _t(a):
     """Transpose of the last two axes."""
-    return a.T if a.ndim == 2 else a.transpose(0, 2, 1)
+    return a.T if a.ndim == 2 else a.swapaxes(-1, -2)
 
 
 # ---------------------------------------------------------------------------------- conv plans
@@ -305,10 +305,12 @@ class Conv2dPlan(ConvPlan):
 
     The input is copied once, transposed and zero-padded, into ``xb`` (C, Hp, Wp, N). For each
     tile of output rows, a strided view of ``xb`` is copied into the column buffer
-    (C, kh, kw, rows, W_out, N) (runs of W_out * N contiguous values), one GEMM per group gives
-    (O, rows * W_out * N), the bias is added there, and the tile is transposed into the NCHW top.
-    Backward walks the same tiles: the top-diff tile is gathered into (O, rows, W_out, N), one
-    GEMM accumulates dW, another gives the column gradient, which is added back into a padded
+    (C, kh, kw, rows, W_out, N) (runs of W_out * N contiguous values) and one GEMM per group,
+    oriented with the long output-position axis as rows, gives the tile as
+    (rows * W_out * N, O) (OpenBLAS runs 1.3-1.6x faster this way than with O as the rows when O
+    is small); the bias is added there and the tile is transposed into the NCHW top.
+    Backward walks the same tiles: the top-diff tile is gathered into (rows, W_out, N, O), one
+    GEMM accumulates dW^T, another gives the column gradient, which is added back into a padded
     (C, Hp, Wp, N) buffer at the kh * kw kernel offsets; that buffer is transposed once into the
     NCHW bottom diff. Backward reuses the transposed input of the last forward when ``x`` is the
     same array (the bottom of a layer does not change between its forward and backward).
@@ -319,6 +321,7 @@ class Conv2dPlan(ConvPlan):
         self.n, self.c, self.o, self.geom, self.g = num, channels, num_output, geom, group
         (self.h, self.w), (self.ho, self.wo) = geom.in_size, geom.out_size
         self.k_total = channels * geom.kernel_count
+        self.kg, self.og = self.k_total // group, num_output // group
         if tile_elems is None:
             tile_elems = TILE_ELEMS if xp is np else 1 << 62
         row = self.wo * num
@@ -340,10 +343,14 @@ class Conv2dPlan(ConvPlan):
         self._loaded = (data_ptr(x), x.shape, x.strides)
 
     def _tile_col(self, h0, h1):
-        return self.col[: self.k_total * (h1 - h0) * self.wo * self.n].reshape(self.k_total, -1)
+        """The column buffer of a tile as (G, K/G, positions)."""
+        n = self.k_total * (h1 - h0) * self.wo * self.n
+        return self.col[:n].reshape(self.g, self.kg, -1)
 
     def _tile_y(self, h0, h1):
-        return self.ybuf[: self.o * (h1 - h0) * self.wo * self.n].reshape(self.o, -1)
+        """The output buffer of a tile as (G, positions, O/G)."""
+        n = self.o * (h1 - h0) * self.wo * self.n
+        return self.ybuf[:n].reshape(self.g, -1, self.og)
 
     def _im2col(self, h0, h1, col) -> None:
         (kh, kw), (sh, sw), (dh, dw) = self.geom.kernel, self.geom.stride, self.geom.dilation
@@ -370,28 +377,35 @@ class Conv2dPlan(ConvPlan):
                 ]
                 dst += c6[:, i, j]
 
+    def _nchw_slab(self, a, h0, h1):
+        """The rows h0:h1 of an (N, O, H_out, W_out) array, as (N, G, O/G, rows, W_out)."""
+        return a[:, :, h0:h1].reshape(self.n, self.g, self.og, h1 - h0, self.wo)
+
     def _gather_dy(self, dy, h0, h1, dyt) -> None:
-        copy_slabs(
-            dyt.reshape(self.o, h1 - h0, self.wo, self.n), dy[:, :, h0:h1].transpose(1, 2, 3, 0), 0
-        )
+        """dyt (G, rows, W_out, N, O/G) = the top-diff rows h0:h1."""
+        dst = dyt.reshape(self.g, h1 - h0, self.wo, self.n, self.og)
+        copy_slabs(dst, self._nchw_slab(dy, h0, h1).transpose(1, 3, 4, 0, 2), 1)
+
+    def _scatter_y(self, yt, y, h0, h1) -> None:
+        src = yt.reshape(self.g, h1 - h0, self.wo, self.n, self.og).transpose(3, 0, 4, 1, 2)
+        copy_slabs(self._nchw_slab(y, h0, h1), src, 3)
 
     def _scatter_dx(self, dx) -> None:
         ph, pw = self.geom.pad
         copy_slabs(dx, self.dxb[:, ph : ph + self.h, pw : pw + self.w].transpose(3, 0, 1, 2), 1)
 
     def forward(self, x, w2, y, bias=None, load=True) -> None:
-        xp, g = self.xp, self.g
+        xp = self.xp
         if load:
             self.load(x)
-        wg = _group_view(w2, g)
+        wt = _t(w2.reshape(self.g, self.og, self.kg))  # (G, K/G, O/G)
         for h0, h1 in self.tiles:
             col, yt = self._tile_col(h0, h1), self._tile_y(h0, h1)
             self._im2col(h0, h1, col)
-            _gemm(xp, wg, _group_view(col, g), _group_view(yt, g))
+            _gemm(xp, _t(col), wt, yt)
             if bias is not None:
-                yt += bias.reshape(-1, 1)
-            src = yt.reshape(self.o, h1 - h0, self.wo, self.n).transpose(3, 0, 1, 2)
-            copy_slabs(y[:, :, h0:h1], src, 1)
+                yt += bias.reshape(self.g, 1, self.og)
+            self._scatter_y(yt, y, h0, h1)
 
     def _zero_dxb(self) -> None:
         if self.dxb is None:
@@ -406,11 +420,11 @@ class Conv2dPlan(ConvPlan):
         if dx is not None:
             self._zero_dxb()
         if dw is not None and self.dwbuf is None:
-            self.dwbuf = xp.empty((2,) + _group_view(w2, g).shape, w2.dtype)
+            self.dwbuf = xp.empty((2, g, self.kg, self.og), self.dtype)
         if db is not None and self.dbbuf is None:
-            self.dbbuf = xp.empty((2, self.o), dy.dtype)
+            self.dbbuf = xp.empty((2, g, self.og), self.dtype)
         first = True
-        wg = _group_view(w2, g)
+        w3 = w2.reshape(g, self.og, self.kg)
         for h0, h1 in self.tiles:
             col, dyt = self._tile_col(h0, h1), self._tile_y(h0, h1)
             self._gather_dy(dy, h0, h1, dyt)
@@ -421,29 +435,30 @@ class Conv2dPlan(ConvPlan):
                     self.dbbuf[0] += self.dbbuf[1]
             if dw is not None:
                 self._im2col(h0, h1, col)
-                _gemm(xp, _group_view(dyt, g), _t(_group_view(col, g)), self.dwbuf[k])
+                _gemm(xp, col, dyt, self.dwbuf[k])  # dW^T (G, K/G, O/G)
                 if not first:
                     self.dwbuf[0] += self.dwbuf[1]
             if dx is not None:
-                _gemm(xp, _t(wg), _group_view(dyt, g), _group_view(col, g))
+                _gemm(xp, _t(w3), _t(dyt), col)
                 self._col2im(col, h0, h1)
             first = False
         if db is not None:
-            db += self.dbbuf[0]
+            db += self.dbbuf[0].reshape(-1)
         if dw is not None:
-            dw += self.dwbuf[0].reshape(dw.shape)
+            dw3 = dw.reshape(g, self.og, self.kg)
+            dw3 += _t(self.dwbuf[0])
         if dx is not None:
             self._scatter_dx(dx)
 
     def data_gradient(self, w2, dy, dx, bias=None) -> None:
         """dx = conv^T(dy) (+ bias): Deconvolution's forward."""
-        xp, g = self.xp, self.g
+        xp = self.xp
         self._zero_dxb()
-        wt = _t(_group_view(w2, g))
+        w3 = w2.reshape(self.g, self.og, self.kg)
         for h0, h1 in self.tiles:
             col, dyt = self._tile_col(h0, h1), self._tile_y(h0, h1)
             self._gather_dy(dy, h0, h1, dyt)
-            _gemm(xp, wt, _group_view(dyt, g), _group_view(col, g))
+            _gemm(xp, _t(w3), _t(dyt), col)
             self._col2im(col, h0, h1)
         self._scatter_dx(dx)
         if bias is not None:
