@@ -6,7 +6,7 @@ For each shape, with and without 10% of the labels set to ignore_label 255, it p
 median time of a minicaffe forward+backward, the same for torch.nn.functional.cross_entropy
 (forward + backward, torch.set_num_threads(threads)) when torch imports, and the floor: the
 logits read once plus the gradient written once, at the copy bandwidth measured in this run.
-Runs of the two libraries are interleaved so that load from other processes hits both alike;
+Runs of the two libraries alternate in blocks so that load from other processes hits both alike;
 compare the ratios, not absolute times across runs ("best x" is the ratio of the fastest runs,
 the steadier figure on a loaded machine). ``--gpu`` (or a visible CUDA device) runs
 the CuPy engine, the fused kernel, on (8,21,512,512) and (65536,1000) as well.
@@ -91,18 +91,26 @@ def copy_bandwidth(nbytes: int, xp, sync, repeat: int) -> float:
     return 2 * src.nbytes / statistics.median(times)
 
 
-def interleaved(steps: dict, repeat: int, sync) -> dict:
+def interleaved(steps: dict, repeat: int, sync, rounds: int = 5) -> dict:
+    """(median, best) ms of each step: blocks of repeat/rounds runs per library, alternating,
+    with a pause before each block so that idle worker threads of the other library (OpenMP
+    spin-waits) are parked and do not steal the two cores."""
     for f in steps.values():  # warm up (buffers, kernels, thread pools)
         for _ in range(3):
             f()
         sync()
     times = {k: [] for k in steps}
-    for _ in range(repeat):
+    per_block = max(1, repeat // rounds)
+    for _ in range(rounds):
         for k, f in steps.items():
-            t0 = time.perf_counter()
+            time.sleep(0.25)
             f()
             sync()
-            times[k].append(time.perf_counter() - t0)
+            for _ in range(per_block):
+                t0 = time.perf_counter()
+                f()
+                sync()
+                times[k].append(time.perf_counter() - t0)
     return {k: (statistics.median(v) * 1e3, min(v) * 1e3) for k, v in times.items()}
 
 
@@ -116,16 +124,19 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--gpu", action="store_true", help="also run the CuPy engine")
+    ap.add_argument("--no-torch", action="store_true", help="time minicaffe alone")
     args = ap.parse_args(argv)
     os.environ["MINICAFFE_NUM_THREADS"] = str(args.threads)
     dtype = np.dtype(args.dtype)
-    try:
-        import torch
+    has_torch = False
+    if not args.no_torch:
+        try:
+            import torch
 
-        torch.set_num_threads(args.threads)
-        has_torch = True
-    except Exception:  # torch is optional: ratios to it are skipped
-        has_torch = False
+            torch.set_num_threads(args.threads)
+            has_torch = True
+        except Exception:  # torch is optional: ratios to it are skipped
+            pass
     runs = [("numpy", np, SHAPES)]
     from minicaffe.backend import get_cupy
 
