@@ -149,32 +149,47 @@ def read_labels(
     Raises LabelError naming the layer, the value, its index in the label blob and the range.
     """
     xp = layer.xp
-    flat = labels.reshape(-1)
-    y = out if out is not None else xp.empty(flat.shape, dtype=np.intp)
-    with np.errstate(invalid="ignore"):
-        y[...] = flat  # C cast: truncation toward zero, as Caffe's static_cast<int>
-    valid, count = None, flat.size
-    if ignore_label is not None:
-        valid = y != ignore_label
-        count = xp.count_nonzero(valid)
-        if xp is np:
-            count = int(count)
-        xp.multiply(y, valid, out=y)
-    if check and y.size:
-        bad = (y.min() < 0) | (y.max() >= classes)
-        if bad:  # one host sync on a GPU: a bad label is an error, never a wild read
-            _raise_bad_label(layer, labels, y, valid, classes, ignore_label)
+    n = labels.size
+    y = out if out is not None else xp.empty((n,), dtype=np.intp)
+    valid = None if ignore_label is None else xp.empty((n,), dtype=bool)
+    count = read_label_range(layer, labels, y, valid, 0, n, classes, ignore_label, check=check)
     return Labels(y, valid, count)
 
 
-def _raise_bad_label(layer, labels, y, valid, classes, ignore_label):
+def read_label_range(
+    layer, labels, y, valid, a: int, b: int, classes: int, ignore_label, *, check: bool = True
+):
+    """Labels ``a..b-1`` (of the flattened ``labels``) into ``y[a:b]`` (truncated toward zero,
+    as Caffe's static_cast<int>; 0 where ignored) and ``valid[a:b]`` (when ``valid`` is not
+    None); returns how many are valid (a device scalar on CuPy). Raises LabelError for a label
+    outside ``[0, classes)`` that is not the ignore label."""
+    xp = layer.xp
+    ys = y[a:b]
+    with np.errstate(invalid="ignore"):
+        ys[...] = labels.reshape(-1)[a:b]
+    count = b - a
+    if valid is not None:
+        vs = valid[a:b]
+        xp.not_equal(ys, ignore_label, out=vs)
+        count = xp.count_nonzero(vs)
+        if xp is np:
+            count = int(count)
+        xp.multiply(ys, vs, out=ys)
+    if check and ys.size:
+        bad = (ys.min() < 0) | (ys.max() >= classes)
+        if bad:  # one host sync on a GPU: a bad label is an error, never a wild read
+            _raise_bad_label(layer, labels, y, valid, a, b, classes, ignore_label)
+    return count
+
+
+def _raise_bad_label(layer, labels, y, valid, a, b, classes, ignore_label):
     from minicaffe.backend import to_numpy
 
-    yh, lh = to_numpy(y), to_numpy(labels)
+    yh, lh = to_numpy(y[a:b]), to_numpy(labels)
     bad = (yh < 0) | (yh >= classes)
     if valid is not None:
-        bad &= to_numpy(valid)
-    k = int(np.argmax(bad))
+        bad &= to_numpy(valid[a:b])
+    k = a + int(np.argmax(bad))
     where = tuple(int(i) for i in np.unravel_index(k, lh.shape)) if lh.ndim else ()
     value = lh.reshape(-1)[k]
     ignore = (
@@ -401,10 +416,12 @@ class Targets:
     ``labels`` (:class:`Labels`); ``idx``: flat index into x of every position's true-class
     entry (class 0 at ignored positions); ``w4``: the normalized class weights (4-D view) or
     None; ``a_true``: the weight of each position's true-class term, zero where ignored (None
-    when every position weighs 1); ``n``: the normalizer.
+    when every position weighs 1); ``n``: the normalizer. When built with ``defer``, the
+    positions are filled range by range (:meth:`ClassLossBase.fill_targets`, e.g. from the
+    chunks of a pass) and ``labels.count`` is summed by :meth:`ClassLossBase.finish`.
     """
 
-    __slots__ = ("labels", "idx", "w4", "a_true", "n")
+    __slots__ = ("labels", "idx", "w4", "a_true", "n", "source", "counts")
 
 
 class ClassLossBase(LossBase):
@@ -475,41 +492,51 @@ class ClassLossBase(LossBase):
             return self.weights.bottom_weights(bottom[2].data, self._w_view, self.C)
         return None
 
-    def targets(self, bottom, w4="auto") -> Targets:
-        xp, O, I = self.xp, self.O, self.I
+    def targets(self, bottom, w4="auto", *, defer: bool = False) -> Targets:
+        """Labels, true-class indices and weights of every position (see :class:`Targets`)."""
+        O, I = self.O, self.I
+        n = O * I
         t = Targets()
-        t.labels = read_labels(
-            self,
-            bottom[1].data,
-            self.C,
-            self.ignore_label,
-            out=self.scratch("y", (O * I,), np.intp),
-        )
-        t.idx = self.scratch("idx", (O * I,), np.intp)
-        xp.multiply(t.labels.y, I, out=t.idx)
-        t.idx += self._base
+        valid = None if self.ignore_label is None else self.scratch("valid", (n,), bool)
+        t.labels = Labels(self.scratch("y", (n,), np.intp), valid, None)
+        t.idx = self.scratch("idx", (n,), np.intp)
         t.w4 = self.class_weights(bottom) if isinstance(w4, str) else w4
-        t.a_true = t.labels.valid
-        if t.w4 is not None:
-            t.a_true = self._gather(t.w4, t.labels.y, t.idx)
-            if t.labels.valid is not None:
-                t.a_true *= t.labels.valid
+        t.a_true = valid if t.w4 is None else self.scratch("wy", (n,))
+        t.source, t.counts, t.n = bottom[1].data, [], None
+        if not defer:
+            self.fill_targets(t, 0, n)
         return t
 
-    def _gather(self, w4, y, idx):
-        """w[y] at every position, from the 4-D weight view (per class, one sample or full)."""
+    def fill_targets(self, t: Targets, a: int, b: int) -> None:
+        """Fill the targets of positions ``a..b-1`` (thread-safe for disjoint ranges)."""
+        xp, labels = self.xp, t.labels
+        t.counts.append(
+            read_label_range(
+                self, t.source, labels.y, labels.valid, a, b, self.C, self.ignore_label
+            )
+        )
+        idx = t.idx[a:b]
+        xp.multiply(labels.y[a:b], self.I, out=idx)
+        idx += self._base[a:b]
+        if t.w4 is not None:
+            self._gather(t.w4, labels.y[a:b], idx, t.a_true[a:b])
+            if labels.valid is not None:
+                t.a_true[a:b] *= labels.valid[a:b]
+
+    def _gather(self, w4, y, idx, out):
+        """w[y] at positions, from the 4-D weight view (per class, one sample or full)."""
         xp = self.xp
-        out = self.scratch("wy", y.shape)
         if w4.shape[1] == 1 and w4.shape[3] == 1:
             xp.take(w4.reshape(-1), y, out=out)
         elif w4.shape[0] == 1:
             xp.take(w4.reshape(-1), idx % w4.size, out=out)
         else:
             xp.take(w4.reshape(-1), idx, out=out)
-        return out
 
     def finish(self, t: Targets):
         """Set and return ``t.n``, the normalizer of this forward."""
+        if t.labels.count is None:
+            t.labels.count = sum(t.counts) if t.labels.valid is not None else self.O * self.I
         weight_sum = None
         if self.mode == WEIGHTED:
             weight_sum = t.labels.count if t.w4 is None else t.a_true.sum()
@@ -638,21 +665,36 @@ class ChunkPlan:
 
 
 def softmax_pass(
-    xp, x3, lse3, inv3, plan: ChunkPlan, *, keep=None, scratch=None, gather=None
+    xp,
+    x3,
+    lse3,
+    inv3,
+    plan: ChunkPlan,
+    *,
+    keep=None,
+    scratch=None,
+    gather=None,
+    pre=None,
+    post=None,
 ) -> None:
     """One pass of the softmax over x3 (O, C, I) along axis 1, chunk by chunk.
 
     Writes per position ``lse3 = log(sum_c exp(x))`` and ``inv3 = 1 / sum_c exp(x - m)``, both
     (O, 1, I), and, when ``keep`` (O, C, I) is given, ``keep = exp(x - m)``, so that
-    ``softmax = keep * inv3``. The shift ``m`` is chosen per chunk: 0 when the chunk's maximum
-    is small enough for exp not to overflow, else that maximum; a chunk where some position's
-    sum would underflow is redone with per-position maxima. Without ``keep`` the exponentials
-    go to ``scratch`` (one chunk-sized buffer per thread group) and are dropped.
-    ``gather = (flat x, idx, out)``: also ``out = flat_x[idx]`` while the chunk is in cache.
+    ``softmax = keep * inv3``. The shift ``m`` is 0 (plain ``exp(x)``: no maximum pass) unless
+    a position's sum leaves [sqrt(tiny), 1/sqrt(tiny)]; then the chunk is redone with
+    per-position maxima (and starts that way next time, while its maximum stays large). Without
+    ``keep`` the exponentials go to ``scratch`` (one chunk-sized buffer per thread group).
+
+    Per chunk, while it is in cache: ``pre(a, b)`` before (positions a..b-1), then ``gather =
+    (flat x, idx, out)``: ``out[a:b] = flat_x[idx[a:b]]``, then ``post(a, b)``.
     """
     if x3.size == 0:
         return
     if xp is not np:  # one pass with per-position maxima; no host check
+        n = lse3.size
+        if pre is not None:
+            pre(0, n)
         m = x3.max(axis=1, keepdims=True)
         e = keep if keep is not None else scratch[0][: x3.size].reshape(x3.shape)
         xp.subtract(x3, m, out=e)
@@ -663,14 +705,17 @@ def softmax_pass(
         xp.reciprocal(inv3, out=inv3)
         if gather is not None:
             xp.take(gather[0], gather[1], out=gather[2])
+        if post is not None:
+            post(0, n)
         return
     ones = _ones(x3.shape[1], x3.dtype)
     safe = _SAFE_SUM[lse3.dtype.char]
-    if len(plan.shifted) != len(plan.chunks):
-        plan.shifted = [False] * len(plan.chunks)
+    no_shift_max = _NO_SHIFT_MAX[lse3.dtype.char]
 
     def work(j, chunks):
         for so, si, a, b, contiguous in chunks:
+            if pre is not None:
+                pre(a, b)
             k = plan.index[a]
             xc, lc, ic = x3[so, :, si], lse3[so, :, si], inv3[so, :, si]
             if keep is not None:
@@ -679,7 +724,7 @@ def softmax_pass(
                 e = scratch[j][: xc.size].reshape(xc.shape)
             if plan.shifted[k]:  # needed a shift last time: still?
                 top = xc.max() if contiguous else xc.max(axis=1).max()
-                plan.shifted[k] = not top < _NO_SHIFT_MAX[lse3.dtype.char]
+                plan.shifted[k] = not top < no_shift_max
             if not plan.shifted[k]:  # plain exp(x): no max pass, no subtraction
                 np.exp(xc, out=e)
                 _class_sum(e, ic, ones)
@@ -695,6 +740,8 @@ def softmax_pass(
             np.reciprocal(ic, out=ic)
             if gather is not None:
                 np.take(gather[0], gather[1][a:b], out=gather[2][a:b])
+            if post is not None:
+                post(a, b)
 
     with np.errstate(under="ignore", over="ignore", invalid="ignore"):
         plan.run(work)
@@ -729,12 +776,13 @@ _SAFE_SUM = {
 _NO_SHIFT_MAX = {k: float(np.log(1 / v)) - 4 for k, v in _SAFE_SUM.items()}
 
 
-def scale_positions(xp, e3, f3, out3, plan: ChunkPlan, *, scatter=None) -> None:
+def scale_positions(xp, e3, f3, out3, plan: ChunkPlan, *, scatter=None, pre=None) -> None:
     """``out3 = e3 * f3`` with f3 one factor per position (O, 1, I), chunk by chunk.
 
     With ``e3 = exp(x - m)`` from :func:`softmax_pass` and ``f3 = c * inv3`` this is
-    ``c * softmax(x)``. ``scatter = (idx, v)``: then ``out3.flat[idx] -= v`` (v a scalar or one
-    value per position) while the chunk is in cache.
+    ``c * softmax(x)``. Per chunk: ``pre(a, b)`` first (e.g. to compute the factors of
+    positions a..b-1), then the product, then with ``scatter = (idx, v)``
+    ``out3.flat[idx[a:b]] -= v`` (v a scalar or one value per position) while in cache.
     """
     if e3.size == 0:
         return
@@ -743,6 +791,8 @@ def scale_positions(xp, e3, f3, out3, plan: ChunkPlan, *, scatter=None) -> None:
 
     def work(j, chunks):
         for so, si, a, b, _ in chunks:
+            if pre is not None:
+                pre(a, b)
             xp.multiply(e3[so, :, si], f3[so, :, si], out=out3[so, :, si])
             if scatter is not None:
                 flat[scatter[0][a:b]] -= scatter[1][a:b] if vector else scatter[1]

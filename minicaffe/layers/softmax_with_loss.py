@@ -80,19 +80,24 @@ class SoftmaxWithLossLayer(ClassLossBase):
                 self._forward_fused(bottom, top, w4)
                 return
         x = bottom[0].data
-        t = self.targets(bottom)
+        t = self.targets(bottom, defer=True)
         terms = self.scratch("terms", (O * I,))
+        lse = self.scratch("lse", (O, 1, I)).reshape(-1)
+
+        def post(a, b):  # -log(max(p_y, FLT_MIN)) * w_y of positions a..b-1
+            tc = terms[a:b]
+            xp.subtract(lse[a:b], tc, out=tc)
+            xp.minimum(tc, NEG_LOG_FLT_MIN, out=tc)
+            if t.a_true is not None:
+                tc *= t.a_true[a:b]
+
         keep = self._softmax(
             x,
             keep=self.phase == caffe_pb2.TRAIN or len(top) == 2,
             gather=(x.reshape(-1), t.idx, terms),
+            pre=lambda a, b: self.fill_targets(t, a, b),
+            post=post,
         )
-        lse3 = self.scratch("lse", (O, 1, I))
-        lse = lse3.reshape(-1)
-        xp.subtract(lse, terms, out=terms)
-        xp.minimum(terms, NEG_LOG_FLT_MIN, out=terms)  # -log(max(p_y, FLT_MIN))
-        if t.a_true is not None:
-            terms *= t.a_true
         loss = terms.sum()
         a_all = t.a_true  # the coefficient of p at each position (None: all 1)
         if self.eps:
@@ -116,7 +121,7 @@ class SoftmaxWithLossLayer(ClassLossBase):
             scale_positions(xp, keep, inv3, top[1].data.reshape(O, C, I), self.plan)
         self._saved = (t, a_all, keep)
 
-    def _softmax(self, x, *, keep: bool, gather=None):
+    def _softmax(self, x, *, keep: bool, gather=None, pre=None, post=None):
         """Fill the "lse" and "inv" scratch arrays; return exp(x - m) (O, C, I) when ``keep``
         (in the TEST phase it is dropped unless a backward asks for it)."""
         O, C, I = self.O, self.C, self.I
@@ -137,6 +142,8 @@ class SoftmaxWithLossLayer(ClassLossBase):
             keep=e3,
             scratch=chunk,
             gather=gather,
+            pre=pre,
+            post=post,
         )
         return e3
 
@@ -155,18 +162,24 @@ class SoftmaxWithLossLayer(ClassLossBase):
         scale = self.lambda_over(top, t.n)
         d3 = bottom[0].diff.reshape(O, C, I)
         true_coef = scale * (1 - eps)  # subtracted at each label entry (times w_y)
-        sub = true_coef
-        if t.a_true is not None:
-            sub = self.scratch("sub", (O * I,))
-            xp.multiply(t.a_true, true_coef, out=sub)
+        sub = true_coef if t.a_true is None else self.scratch("sub", (O * I,))
         # the factor of exp(x - m) at each position: lambda/n * A / sum(exp(x - m))
-        factor = self.scratch("factor", (O, 1, I))
-        if a_all is None:
-            xp.multiply(self.scratch("inv", (O, 1, I)), scale, out=factor)
-        else:
-            xp.multiply(a_all.reshape(O, 1, I), scale, out=factor)
-            factor *= self.scratch("inv", (O, 1, I))
-        scale_positions(xp, keep, factor, d3, self.plan, scatter=(t.idx, sub))
+        factor = self.scratch("factor", (O, 1, I)).reshape(-1)
+        inv = self.scratch("inv", (O, 1, I)).reshape(-1)
+
+        def pre(a, b):  # the factors and label entries of positions a..b-1
+            f = factor[a:b]
+            if a_all is None:
+                xp.multiply(inv[a:b], scale, out=f)
+            else:
+                xp.multiply(a_all[a:b], scale, out=f)
+                f *= inv[a:b]
+            if t.a_true is not None:
+                xp.multiply(t.a_true[a:b], true_coef, out=sub[a:b])
+
+        scale_positions(
+            xp, keep, factor.reshape(O, 1, I), d3, self.plan, scatter=(t.idx, sub), pre=pre
+        )
         if eps:
             d4 = self.view4(d3)
             w = 1 if t.w4 is None else t.w4

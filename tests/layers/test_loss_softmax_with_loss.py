@@ -496,3 +496,18 @@ def test_large_then_small_logits_switch_between_shifted_and_plain_passes(monkeyp
         np.testing.assert_allclose(float(top[0].data), ref_loss, rtol=1e-5)
         np.testing.assert_allclose(bottom[0].diff, ref_diff, rtol=1e-4, atol=1e-7)
         assert any(layer.plan.shifted) == (shift != 0)
+
+
+def test_bad_label_found_by_a_worker_thread_is_raised(monkeypatch):
+    from minicaffe.errors import LabelError
+
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 64)
+    monkeypatch.setattr(losses, "PARALLEL_MIN", 0)
+    monkeypatch.setenv("MINICAFFE_NUM_THREADS", "2")
+    x = np.zeros((40, 7))
+    y = np.zeros(40)
+    y[37] = 7  # in the second thread's chunks
+    layer, bottom, top = make_layer(swl(), [x, y])
+    assert len(layer.plan.groups) == 2
+    with pytest.raises(LabelError, match=r"label 7 at index \(37,\)"):
+        layer.forward(bottom, top)
