@@ -62,13 +62,17 @@ class SigmoidCrossEntropyLossLayer(LossBase):
         xp.abs(x, out=e)
         xp.negative(e, out=e)
         xp.exp(e, out=e)
-        loss = xp.log1p(e)
-        loss += xp.maximum(x, 0)
-        loss -= x * t
+        loss, tmp = self.scratch("loss", x.shape), self.scratch("tmp", x.shape)
+        xp.log1p(e, out=loss)
+        xp.maximum(x, 0, out=tmp)
+        loss += tmp
+        xp.multiply(x, t, out=tmp)
+        loss -= tmp
         valid, count = None, x.size
         if self.ignore_label is not None:
+            valid = self.scratch("valid", x.shape, bool)
             with np.errstate(invalid="ignore"):
-                valid = t.astype(np.intp) != self.ignore_label
+                xp.not_equal(t.astype(np.intp), self.ignore_label, out=valid)
             count = xp.count_nonzero(valid)
             count = int(count) if xp is np else count
             loss *= valid
@@ -87,11 +91,13 @@ class SigmoidCrossEntropyLossLayer(LossBase):
         valid, n = self._saved
         x = bottom[0].data.reshape(-1)
         t = bottom[1].data.reshape(-1)
-        e = self.scratch("e", x.shape)
+        e, tmp = self.scratch("e", x.shape), self.scratch("tmp", x.shape)
         d = bottom[0].diff.reshape(-1)
-        # sigmoid(x) = 1 / (1 + e) for x >= 0, e / (1 + e) for x < 0, with e = exp(-|x|)
+        # sigmoid(x) = 1 / (1 + e) for x >= 0 and e / (1 + e) for x < 0, with e = exp(-|x|)
         xp.add(e, 1, out=d)
-        xp.divide(xp.where(x >= 0, 1, e), d, out=d)
+        xp.reciprocal(d, out=d)
+        xp.multiply(d, e, out=tmp)
+        xp.copyto(d, tmp, where=x < 0)
         d -= t
         if valid is not None:
             d *= valid
