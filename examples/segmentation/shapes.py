@@ -1,10 +1,10 @@
 """A generated segmentation dataset: discs, squares and (rarer) triangles on a noisy background.
 
-Each 3 x 32 x 32 image holds one to three shapes of random colours (so only the geometry tells
-the classes apart). Labels: 0 background, 1 disc, 2 square, 3 triangle, and 255 on the one-pixel
-band around each shape (where it meets the background or a shape of lower class number:
-ambiguous pixels, like PASCAL VOC's "void" borders), which the loss ignores
-(``ignore_label: 255``). Background covers most pixels and triangles few, so an
+Each 3 x 32 x 32 image holds one to three shapes of random colours, so only the geometry tells
+the classes apart; 6 % of the shapes are triangles. Labels: 0 background, 1 disc, 2 square,
+3 triangle, and 255 on the one-pixel band around each shape (where it meets the background or a
+shape of lower class number: ambiguous pixels, like PASCAL VOC's "void" borders), which the loss
+ignores (``ignore_label: 255``). Background covers most pixels and triangles few, so an
 unweighted loss favours the frequent classes: the point of ``class_weight``.
 
     python examples/segmentation/shapes.py [--data-dir DIR]   # writes train.h5/test.h5 + lists
@@ -34,7 +34,7 @@ def make_shapes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     label = np.zeros((n, SIZE, SIZE), dtype=np.uint8)
     for p_present in (1.0, 0.7, 0.4):  # later shapes are drawn on top
         present = rng.random(n) < p_present
-        kind = rng.choice([1, 2, 3], n, p=[0.45, 0.4, 0.15])
+        kind = rng.choice([1, 2, 3], n, p=[0.5, 0.44, 0.06])
         cy, cx = rng.uniform(6, SIZE - 6, (2, n))
         r = rng.uniform(3.0, 6.5, n)
         colour = rng.uniform(0.45, 1.0, (n, 3))
