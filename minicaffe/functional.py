@@ -15,12 +15,44 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 # Column-buffer budget (elements) of one tile of the 2-D convolution plan on the CPU.
 TILE_ELEMS = int(os.environ.get("MINICAFFE_CONV_TILE", 1 << 20))
+
+
+# Threads for splitting large NumPy copies and elementwise passes (they release the GIL); BLAS
+# keeps its own threads. MINICAFFE_NUM_THREADS=1 turns the splitting off.
+NUM_THREADS = int(os.environ.get("MINICAFFE_NUM_THREADS", 0)) or min(2, os.cpu_count() or 1)
+PARALLEL_MIN_ELEMS = 1 << 17
+# Batch-chunk size (input values) of the pooling passes: about 1 MB of float32.
+CHUNK_ELEMS = 1 << 18
+_pool = None
+
+
+def parallel(fn, n: int, work: int = 1 << 30) -> None:
+    """Run ``fn(start, stop)`` over ``range(n)`` in NUM_THREADS contiguous parts at once (the
+    calling thread takes the first part); one call ``fn(0, n)`` when ``work`` (elements touched)
+    is small or there is one thread."""
+    parts = min(NUM_THREADS, n)
+    if parts < 2 or work < PARALLEL_MIN_ELEMS:
+        fn(0, n)
+        return
+    global _pool
+    if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool = ThreadPoolExecutor(NUM_THREADS - 1, thread_name_prefix="minicaffe")
+    bounds = [n * i // parts for i in range(parts + 1)]
+    futures = [_pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+    try:
+        fn(bounds[0], bounds[1])
+    finally:
+        for f in futures:
+            f.result()
 
 
 def as_strided(xp, array, shape, strides):
@@ -335,6 +367,20 @@ class Conv2dPlan(ConvPlan):
         self.dwbuf = None
         self.dbbuf = None
         self._loaded = None
+        self.tile_elems = tile_elems
+        # stride 1: the data gradient is a convolution of the top diff with the flipped,
+        # transposed kernel (one im2col copy + a GEMM with K = O * kh * kw) instead of a
+        # GEMM with K = O followed by kh * kw scatter-adds (measured ~25% faster)
+        flip_pad = [d * (k - 1) - p for k, p, d in zip(geom.kernel, geom.pad, geom.dilation)]
+        self.flip_geom = None
+        # ("same"-padded layers only: with little padding it multiplies many padding zeros)
+        grow = math.prod(geom.in_size) / max(1, math.prod(geom.out_size))
+        if geom.stride == (1, 1) and min(flip_pad) >= 0 and grow <= 1.25:
+            self.flip_geom = ConvGeometry(
+                geom.kernel, (1, 1), tuple(flip_pad), geom.dilation, geom.out_size
+            )
+        self.dx_plan = None
+        self.wflip = None
 
     def load(self, x) -> None:
         """Copy the (N, C, H, W) input into the padded batch-innermost buffer."""
@@ -384,15 +430,30 @@ class Conv2dPlan(ConvPlan):
     def _gather_dy(self, dy, h0, h1, dyt) -> None:
         """dyt (G, rows, W_out, N, O/G) = the top-diff rows h0:h1."""
         dst = dyt.reshape(self.g, h1 - h0, self.wo, self.n, self.og)
-        copy_slabs(dst, self._nchw_slab(dy, h0, h1).transpose(1, 3, 4, 0, 2), 1)
+        # slabs of a few images: the strided reads of each slab stay in L1 (3x faster)
+        copy_slabs(dst, self._nchw_slab(dy, h0, h1).transpose(1, 3, 4, 0, 2), 3, 1 << 14)
 
     def _scatter_y(self, yt, y, h0, h1) -> None:
         src = yt.reshape(self.g, h1 - h0, self.wo, self.n, self.og).transpose(3, 0, 4, 1, 2)
-        copy_slabs(self._nchw_slab(y, h0, h1), src, 3)
+        copy_slabs(self._nchw_slab(y, h0, h1), src, 0, 1 << 14)
 
     def _scatter_dx(self, dx) -> None:
         ph, pw = self.geom.pad
         copy_slabs(dx, self.dxb[:, ph : ph + self.h, pw : pw + self.w].transpose(3, 0, 1, 2), 1)
+
+    def _flipped(self, w2):
+        """(plan, weights) computing the data gradient as a stride-1 convolution of dy."""
+        if self.dx_plan is None:
+            self.dx_plan = Conv2dPlan(
+                self.xp, self.dtype, self.n, self.o, self.c, self.flip_geom, self.g, self.tile_elems
+            )
+            self.wflip = self.xp.empty((self.c, self.og * self.geom.kernel_count), self.dtype)
+        kh, kw = self.geom.kernel
+        w5 = w2.reshape(self.g, self.og, self.c // self.g, kh, kw)
+        self.wflip.reshape(self.g, self.c // self.g, self.og, kh, kw)[...] = w5.transpose(
+            0, 2, 1, 3, 4
+        )[:, :, :, ::-1, ::-1]
+        return self.dx_plan, self.wflip
 
     def forward(self, x, w2, y, bias=None, load=True) -> None:
         xp = self.xp
@@ -417,6 +478,9 @@ class Conv2dPlan(ConvPlan):
         xp, g = self.xp, self.g
         if dw is not None and x is not None and self._loaded != (data_ptr(x), x.shape, x.strides):
             self.load(x)
+        flip = dx is not None and self.flip_geom is not None
+        if flip:
+            dx_flip, dx = dx, None
         if dx is not None:
             self._zero_dxb()
         if dw is not None and self.dwbuf is None:
@@ -425,7 +489,8 @@ class Conv2dPlan(ConvPlan):
             self.dbbuf = xp.empty((2, g, self.og), self.dtype)
         first = True
         w3 = w2.reshape(g, self.og, self.kg)
-        for h0, h1 in self.tiles:
+        tiles = self.tiles if (dw is not None or db is not None or dx is not None) else []
+        for h0, h1 in tiles:
             col, dyt = self._tile_col(h0, h1), self._tile_y(h0, h1)
             self._gather_dy(dy, h0, h1, dyt)
             k = 0 if first else 1
@@ -449,10 +514,17 @@ class Conv2dPlan(ConvPlan):
             dw3 += _t(self.dwbuf[0])
         if dx is not None:
             self._scatter_dx(dx)
+        if flip:
+            plan, wf = self._flipped(w2)
+            plan.forward(dy, wf, dx_flip)
 
     def data_gradient(self, w2, dy, dx, bias=None) -> None:
         """dx = conv^T(dy) (+ bias): Deconvolution's forward."""
         xp = self.xp
+        if self.flip_geom is not None:
+            plan, wf = self._flipped(w2)
+            plan.forward(dy, wf, dx, bias)
+            return
         self._zero_dxb()
         w3 = w2.reshape(self.g, self.og, self.kg)
         for h0, h1 in self.tiles:
@@ -603,15 +675,42 @@ def _window_ranges(size: int, kernel: int, stride: int, pad: int, out: int):
     return ranges
 
 
+def scatter_add(xp, target, indices, values) -> None:
+    """target[indices] += values, with repeated indices adding up (1-D arrays)."""
+    if xp is np:
+        np.add.at(target, indices, values)
+        return
+    try:
+        xp.add.at(target, indices, values)
+    except (AttributeError, NotImplementedError, TypeError):
+        import cupyx
+
+        cupyx.scatter_add(target, indices, values)
+
+
+def _take(xp, table, idx, out) -> None:
+    """out = table[idx] without temporaries (NumPy's take buffers ``out`` in its default mode)."""
+    if xp is np:
+        np.take(table, idx, out=out, mode="clip")
+    else:
+        xp.take(table, idx, out=out)
+
+
 class PoolPlan:
     """Caffe's 2-D pooling windows for one (N, C, H, W) input shape.
 
     Window (ho, wo) covers input rows [ho * sh - ph, ho * sh - ph + kh) clipped to the image
-    (likewise columns). Every operation walks the kh * kw kernel offsets in row-major order; for
-    offset (i, j) one strided view of the input meets the block of outputs whose window holds
-    that input position, so padding needs no padded copy. MAX keeps the first maximum in
-    row-major window order (Caffe's strict ``>``) and records it as the offset index
-    p = i * kw + j in ``idx``; the mask top is the flat input index h * W + w of that maximum.
+    (likewise columns). MAX keeps the first maximum in row-major window order (Caffe's strict
+    ``>``) and records it as the offset index p = i * kw + j in ``idx``; the mask top and the
+    backward scatter use the flat input index h * W + w of that maximum.
+
+    MAX and AVE run on batch chunks of about CHUNK_ELEMS input values (in cache): the chunk is
+    padded (-inf for MAX, 0 for AVE) to the extent the windows cover, then split into the
+    kw * min(sh, kh) "phases" phase[j][r] = padded[..., r::sh, j::sw][..., :W_out], contiguous
+    copies, in which the input of kernel offset (i, j) for every window is the contiguous row
+    block phase[j][i % sh][..., i // sh : i // sh + H_out, :]. So the kh * kw passes (4 each for
+    MAX with argmax) run over long contiguous rows instead of strided runs of W_out values
+    (measured 2.3x faster on cifar10's 32x32 pooling). STOCHASTIC walks per-offset sub-blocks.
     """
 
     def __init__(self, xp, dtype, shape, kernel, stride, pad, out_size):
@@ -623,7 +722,7 @@ class PoolPlan:
         self.out_shape = (n, c, ho, wo)
         rows = _window_ranges(h, kh, sh, ph, ho)
         cols = _window_ranges(w, kw, sw, pw, wo)
-        self.views = []  # (p, output slices, input slices, covers every output)
+        self.views = []  # STOCHASTIC: (p, output slices, input slices, covers every output)
         for i, r in enumerate(rows):
             for j, q in enumerate(cols):
                 if r is None or q is None:
@@ -635,21 +734,11 @@ class PoolPlan:
                     slice(r0, r0 + sh * (ohi - olo - 1) + 1, sh),
                     slice(c0, c0 + sw * (whi - wlo - 1) + 1, sw),
                 )
-                full = olo == 0 and ohi == ho and wlo == 0 and whi == wo
-                self.views.append((i * kw + j, osl, isl, full))
+                self.views.append(
+                    (i * kw + j, osl, isl, olo == 0 and ohi == ho and wlo == 0 and whi == wo)
+                )
         # one window holding the whole image: offsets p = i * kw + j are flat indices h * W + w
         self.is_global = ho == 1 and wo == 1 and ph == 0 and pw == 0 and kh == h and kw == w
-        # windows that never overlap: backward assigns instead of adding
-        self.disjoint = kh <= sh and kw <= sw
-        self.exact = (
-            self.disjoint
-            and kh == sh
-            and kw == sw
-            and ph == 0
-            and pw == 0
-            and ho * sh == h
-            and wo * sw == w
-        )
         p_count = kh * kw
         self.idx_dtype = np.int8 if p_count < 128 else np.int16 if p_count < 32768 else np.int32
         self.idx = None
@@ -662,6 +751,21 @@ class PoolPlan:
         hc = np.minimum(hs + kh, h + ph) - hs
         wc = np.minimum(ws + kw, w + pw) - ws
         self.inv_div = xp.asarray((1.0 / np.outer(hc, wc)).astype(self.dtype))
+        # the padded extent the windows cover, and the image part inside it
+        self.hpad, self.wpad = (ho - 1) * sh + kh, (wo - 1) * sw + kw
+        self.copy_h, self.copy_w = min(h, self.hpad - ph), min(w, self.wpad - pw)
+        self.need_pad = bool(ph or pw or self.hpad > h or self.wpad > w)
+        self.row_phases = min(sh, kh)
+        self.chunk = n if xp is not np else max(1, min(n, CHUNK_ELEMS // max(1, c * h * w)))
+        self.table = np.add.outer(np.arange(kh) * w, np.arange(kw)).ravel().astype(np.intp)
+        base = np.add.outer((np.arange(ho) * sh - ph) * w, np.arange(wo) * sw - pw).ravel()
+        planes = np.arange(self.chunk * c) * (h * w)
+        self.base_full = xp.asarray(np.add.outer(planes, base).astype(np.intp)).reshape(
+            self.chunk, c, ho, wo
+        )
+        self.table_xp = xp.asarray(self.table)
+        self.base_hw = xp.asarray(base.reshape(ho, wo).astype(self.dtype))
+        self._parts: dict = {}
 
     # -------------------------------------------------------------- scratch
     def _scratch(self):
@@ -677,14 +781,74 @@ class PoolPlan:
             self.idx = self.xp.empty(self.out_shape, self.idx_dtype)
         return self.idx
 
-    def _first_view(self, x, y, fill):
-        """Start y from the first offset when it covers every output, else from ``fill``."""
-        p0, osl0, isl0, full0 = self.views[0]
-        if full0:
-            y[...] = x[isl0]
-            return 1
-        y.fill(fill)
-        return 0
+    def _part(self, key, fill):
+        """Per-thread scratch of one chunk: padded input, phases, masks."""
+        scratch = self._parts.get(key)
+        if scratch is None or scratch["fill"] != fill:
+            xp, b = self.xp, self.chunk
+            c = self.shape[1]
+            kw, sh, (ho, wo) = self.kernel[1], self.stride[0], self.out_size
+            cshape = (b, c, ho, wo)
+            scratch = {
+                "fill": fill,
+                "pad": xp.full((b, c, self.hpad, self.wpad), fill, self.dtype)
+                if self.need_pad
+                else None,
+                "phase": [
+                    [
+                        xp.empty((b, c, len(range(r, self.hpad, sh)), wo), self.dtype)
+                        for r in range(self.row_phases)
+                    ]
+                    for _ in range(kw)
+                ],
+                "m": xp.empty(cshape, bool),
+                "t": xp.empty(cshape, self.idx_dtype),
+                "f": xp.empty(cshape, self.dtype),
+                "flat": xp.empty(cshape, np.intp),
+            }
+            self._parts[key] = scratch
+        return scratch
+
+    def _chunks(self, fn, fill, *arrays) -> None:
+        """Run ``fn(scratch, *chunk_slices)`` over batch chunks, the chunks shared by threads."""
+        n = self.shape[0]
+        chunks = [(a, min(n, a + self.chunk)) for a in range(0, n, self.chunk)]
+
+        def run(i, j):
+            scratch = self._part(threading.get_ident(), fill)
+            for a, b in chunks[i:j]:
+                fn(scratch, *(arr[a:b] for arr in arrays))
+
+        if self.xp is np:
+            parallel(run, len(chunks), math.prod(self.shape))
+        else:
+            run(0, len(chunks))
+
+    def _phases(self, scratch, x):
+        """Fill the phases of chunk ``x``; returns a function (i, j) -> the (b, C, Ho, Wo) input
+        block of kernel offset (i, j)."""
+        b = x.shape[0]
+        kw, (sh, sw), (ph, pw), (ho, wo) = self.kernel[1], self.stride, self.pad, self.out_size
+        src = x
+        if self.need_pad:
+            src = scratch["pad"][:b]
+            src[:, :, ph : ph + self.copy_h, pw : pw + self.copy_w] = x[
+                :, :, : self.copy_h, : self.copy_w
+            ]
+        phase = scratch["phase"]
+        for j in range(kw):
+            for r in range(self.row_phases):
+                phase[j][r][:b] = src[:, :, r : self.hpad : sh, j : j + sw * (wo - 1) + 1 : sw]
+
+        def block(i, j):
+            q = i // sh
+            return phase[j][i % sh][:b, :, q : q + ho]
+
+        return block
+
+    def _offsets(self):
+        kh, kw = self.kernel
+        return [(i, j) for i in range(kh) for j in range(kw)]
 
     # -------------------------------------------------------------- MAX
     def max_forward(self, x, y, track: bool = True) -> None:
@@ -699,22 +863,42 @@ class PoolPlan:
             else:
                 xp.max(x2, axis=1, out=y1)
             return
-        start = self._first_view(x, y, -np.inf)
-        if not track:
-            for _, osl, isl, _ in self.views[start:]:
-                ys = y[osl]
-                xp.maximum(ys, x[isl], out=ys)
-            return
-        idx = self._ensure_idx()
-        m, t, _ = self._scratch()
+        if track:
+            self._chunks(self._max_track_chunk, -np.inf, x, y, self._ensure_idx())
+        else:
+            self._chunks(self._max_chunk, -np.inf, x, y)
+
+    def _max_chunk(self, scratch, x, y) -> None:
+        block = self._phases(scratch, x)
+        offsets = self._offsets()
+        y[...] = block(*offsets[0])
+        for i, j in offsets[1:]:
+            self.xp.maximum(y, block(i, j), out=y)
+
+    def _max_track_chunk(self, scratch, x, y, idx) -> None:
+        xp = self.xp
+        b = x.shape[0]
+        m, t = scratch["m"][:b], scratch["t"][:b]
+        block = self._phases(scratch, x)
+        offsets = self._offsets()
+        y[...] = block(*offsets[0])
         idx.fill(0)
-        for p, osl, isl, _ in self.views[start:]:
-            ys, xs, ms, ts, ids = y[osl], x[isl], m[osl], t[osl], idx[osl]
-            xp.greater(xs, ys, out=ms)
-            xp.maximum(ys, xs, out=ys)
+        kw = self.kernel[1]
+        for i, j in offsets[1:]:
+            v = block(i, j)
+            xp.greater(v, y, out=m)
+            xp.maximum(y, v, out=y)
             # offsets come in increasing order, so "take p where greater" is a maximum
-            xp.multiply(ms, self.idx_dtype(p), out=ts)
-            xp.maximum(ids, ts, out=ids)
+            xp.multiply(m, self.idx_dtype(i * kw + j), out=t)
+            xp.maximum(idx, t, out=idx)
+
+    def _flat_index(self, scratch, idx):
+        """Flat input index (within the chunk) of each window's maximum."""
+        b = idx.shape[0]
+        flat = scratch["flat"][:b]
+        _take(self.xp, self.table_xp, idx, flat)
+        flat += self.base_full[:b]
+        return flat
 
     def max_backward(self, dy, dx) -> None:
         """dx[argmax of each window] += dy (idx from the last tracked forward)."""
@@ -723,38 +907,29 @@ class PoolPlan:
         if self.is_global:
             dx2 = dx.reshape(n * c, h * w)
             dx2.fill(0)
-            idx = self.idx.reshape(n * c, 1).astype(np.intp, copy=False)
-            xp.put_along_axis(dx2, idx, dy.reshape(n * c, 1), axis=1)
+            idx = self.idx.reshape(n * c).astype(np.intp, copy=False)
+            dx2[xp.arange(n * c), idx] = dy.reshape(n * c)
             return
-        m, _, f = self._scratch()
-        idx = self.idx
-        if not self.exact:
-            dx.fill(0)
-        for p, osl, isl, _ in self.views:
-            ms = m[osl]
-            xp.equal(idx[osl], p, out=ms)
-            if self.disjoint:
-                xp.multiply(dy[osl], ms, out=dx[isl])
-            else:
-                fs, dxs = f[osl], dx[isl]
-                xp.multiply(dy[osl], ms, out=fs)
-                xp.add(dxs, fs, out=dxs)
+        self._chunks(self._max_backward_chunk, -np.inf, dy, dx, self.idx)
+
+    def _max_backward_chunk(self, scratch, dy, dx, idx) -> None:
+        flat = self._flat_index(scratch, idx)
+        dx.fill(0)
+        scatter_add(self.xp, dx.reshape(-1), flat.reshape(-1), dy.reshape(-1))
 
     def max_mask(self, out) -> None:
         """Caffe's second top: the flat input index h * W + w of each window's maximum."""
-        xp = self.xp
         n, c, h, w = self.shape
         if self.is_global:
             out.reshape(n * c)[...] = self.idx.reshape(n * c)
             return
-        (kh, kw), (sh, sw), (ph, pw), (ho, wo) = self.kernel, self.stride, self.pad, self.out_size
-        table = xp.asarray(
-            np.add.outer(np.arange(kh) * w, np.arange(kw)).ravel().astype(self.dtype)
-        )
-        base = xp.asarray(
-            np.add.outer((np.arange(ho) * sh - ph) * w, np.arange(wo) * sw - pw).astype(self.dtype)
-        )
-        xp.add(xp.take(table, self.idx.astype(np.intp)), base, out=out)
+        self._chunks(self._mask_chunk, -np.inf, self.idx, out)
+
+    def _mask_chunk(self, scratch, idx, out) -> None:
+        b = idx.shape[0]
+        flat = scratch["flat"][:b]
+        _take(self.xp, self.table_xp, idx, flat)
+        self.xp.add(flat, self.base_hw, out=out)
 
     # -------------------------------------------------------------- AVE
     def ave_forward(self, x, y) -> None:
@@ -763,29 +938,56 @@ class PoolPlan:
         n, c, h, w = self.shape
         if self.is_global:
             xp.sum(x.reshape(n * c, h * w), axis=1, out=y.reshape(n * c))
+            y *= self.inv_div
         else:
-            start = self._first_view(x, y, 0)
-            for _, osl, isl, _ in self.views[start:]:
-                ys = y[osl]
-                xp.add(ys, x[isl], out=ys)
+            self._chunks(self._ave_chunk, 0.0, x, y)
+
+    def _ave_chunk(self, scratch, x, y) -> None:
+        block = self._phases(scratch, x)
+        offsets = self._offsets()
+        y[...] = block(*offsets[0])
+        for i, j in offsets[1:]:
+            self.xp.add(y, block(i, j), out=y)
         y *= self.inv_div
 
     def ave_backward(self, dy, dx) -> None:
         xp = self.xp
         n, c, h, w = self.shape
-        _, _, f = self._scratch()
-        xp.multiply(dy, self.inv_div, out=f)
         if self.is_global:
+            _, _, f = self._scratch()
+            xp.multiply(dy, self.inv_div, out=f)
             dx.reshape(n * c, h * w)[...] = f.reshape(n * c, 1)
             return
-        if not self.exact:
-            dx.fill(0)
-        for _, osl, isl, _ in self.views:
-            if self.disjoint:
-                dx[isl] = f[osl]
-            else:
-                dxs = dx[isl]
-                xp.add(dxs, f[osl], out=dxs)
+        self._chunks(self._ave_backward_chunk, 0.0, dy, dx)
+
+    def _ave_backward_chunk(self, scratch, dy, dx) -> None:
+        """Spread dy / size over each window: add into the phases, then the phases back into
+        the padded chunk (the adjoint of :meth:`_phases`)."""
+        xp = self.xp
+        b = dy.shape[0]
+        kw, (sh, sw), (ph, pw), (ho, wo) = self.kernel[1], self.stride, self.pad, self.out_size
+        f = scratch["f"][:b]
+        xp.multiply(dy, self.inv_div, out=f)
+        phase = scratch["phase"]
+        for j in range(kw):
+            for r in range(self.row_phases):
+                phase[j][r][:b].fill(0)
+        for i, j in self._offsets():
+            q = i // sh
+            blk = phase[j][i % sh][:b, :, q : q + ho]
+            blk += f
+        target = scratch["pad"][:b] if self.need_pad else dx
+        target.fill(0)
+        for j in range(kw):
+            for r in range(self.row_phases):
+                dst = target[:, :, r : self.hpad : sh, j : j + sw * (wo - 1) + 1 : sw]
+                dst += phase[j][r][:b]
+        if self.need_pad:
+            if self.copy_h < self.shape[2] or self.copy_w < self.shape[3]:
+                dx.fill(0)
+            dx[:, :, : self.copy_h, : self.copy_w] = target[
+                :, :, ph : ph + self.copy_h, pw : pw + self.copy_w
+            ]
 
     # -------------------------------------------------------------- STOCHASTIC
     def _sums(self, x, s, q=None) -> None:

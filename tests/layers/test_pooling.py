@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from minicaffe import functional
 from minicaffe.errors import LayerError, ShapeError
 from minicaffe.functional import pool_out_size
 from minicaffe.proto import caffe_pb2
@@ -28,8 +29,18 @@ CASES = [
 ]
 
 
+@pytest.fixture(params=["whole", "chunked"])
+def chunking(request, monkeypatch):
+    """Whole-batch passes, or one-image chunks shared by two threads."""
+    if request.param == "chunked":
+        monkeypatch.setattr(functional, "CHUNK_ELEMS", 1)
+        monkeypatch.setattr(functional, "PARALLEL_MIN_ELEMS", 0)
+        monkeypatch.setattr(functional, "NUM_THREADS", 2)
+    return request.param
+
+
 @pytest.mark.parametrize("case", CASES)
-def test_golden(case, xp):
+def test_golden(case, xp, chunking):
     replay(case, xp=xp)
 
 
@@ -89,7 +100,7 @@ def _text(method, k, s, p, extra=""):
 @pytest.mark.parametrize("method", ["MAX", "AVE"])
 @pytest.mark.parametrize("k,s,p,shape", GEOMS)
 @pytest.mark.parametrize("ceil", [True, False])
-def test_forward_matches_reference(method, k, s, p, shape, ceil):
+def test_forward_matches_reference(method, k, s, p, shape, ceil, chunking):
     x = _unique_input(shape)
     extra = "" if ceil else "round_mode: FLOOR"
     tops = "top: 'y' top: 'mask'" if method == "MAX" else ""
@@ -103,7 +114,7 @@ def test_forward_matches_reference(method, k, s, p, shape, ceil):
 
 @pytest.mark.parametrize("method", ["MAX", "AVE"])
 @pytest.mark.parametrize("k,s,p,shape", GEOMS)
-def test_gradient(method, k, s, p, shape):
+def test_gradient(method, k, s, p, shape, chunking):
     x = _unique_input(shape, seed=1)
     layer, bottom, top = make_layer(_text(method, k, s, p), [x])
     check_gradient(layer, bottom, top)
