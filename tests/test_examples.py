@@ -58,8 +58,12 @@ def test_digits_prepare_values(tmp_path):
     from sklearn.datasets import load_digits
 
     digits = load_digits()
+    images, target = prep.load_digits()  # the CSV scikit-learn ships, read without sklearn
+    np.testing.assert_array_equal(images, digits.images)
+    np.testing.assert_array_equal(target, digits.target)
     order = np.random.default_rng(prep.SPLIT_SEED).permutation(len(digits.target))
     np.testing.assert_array_equal(label, digits.target[order[360:]])
+    np.testing.assert_array_equal(data, prep.digits_as_mnist(digits.images)[order[360:]])
     # a constant 8x8 image stays constant inside its box; the scale maps 16 -> 255/256
     flat = prep.digits_as_mnist(np.full((1, 8, 8), 16.0))
     np.testing.assert_array_equal(flat[0, 0, 4:24, 4:24], np.float32(255 / 256))

@@ -28,6 +28,28 @@ N_TEST = 360
 SPLIT_SEED = 0
 
 
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """(images (1797, 8, 8) with values 0..16, labels (1797,)): scikit-learn's digits.
+
+    Read straight from the CSV file scikit-learn ships (importing scikit-learn takes longer than
+    everything else here); ``sklearn.datasets.load_digits`` when that file is not where expected.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            csv = Path(folder) / "datasets" / "data" / "digits.csv.gz"
+            if csv.exists():
+                table = np.loadtxt(csv, delimiter=",", dtype=np.float64)
+                if table.ndim == 2 and table.shape[1] == 65:
+                    return table[:, :64].reshape(-1, 8, 8), table[:, 64].astype(np.int64)
+    from sklearn.datasets import load_digits as sklearn_load_digits
+
+    digits = sklearn_load_digits()
+    return digits.images, digits.target
+
+
 def _bilinear_matrix(n_out: int, n_in: int) -> np.ndarray:
     """(n_out, n_in) weights of bilinear resampling with pixel centres aligned (half-pixel)."""
     src = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
@@ -84,17 +106,15 @@ def prepare(
     files = {split: data_dir / f"{split}.h5" for split in ("train", "test")}
     if not force and all(p.exists() for p in (*lists.values(), *files.values())):
         return {"prepared": False, "seconds": time.perf_counter() - start, "dir": str(data_dir)}
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(digits.target))
+    images, target = load_digits()
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(target))
     test_idx, train_idx = order[:N_TEST], order[N_TEST:]
     train_idx, test_idx = train_idx[:n_train], test_idx[:n_test]
-    data = digits_as_mnist(digits.images)
+    data = digits_as_mnist(images)
     data_dir.mkdir(parents=True, exist_ok=True)
     counts = {}
     for split, idx in (("train", train_idx), ("test", test_idx)):
-        _write_h5(files[split], data[idx], digits.target[idx])
+        _write_h5(files[split], data[idx], target[idx])
         lists[split].write_text(_list_entry(files[split]) + "\n")
         counts[split] = len(idx)
     return {
