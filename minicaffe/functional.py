@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 # Column-buffer budget (elements) of one tile of the 2-D convolution plan on the CPU.
-TILE_ELEMS = int(os.environ.get("MINICAFFE_CONV_TILE", 1 << 20))
+TILE_ELEMS = int(os.environ.get("MINICAFFE_CONV_TILE", 1 << 18))
 
 
 # Threads for splitting large NumPy copies and elementwise passes (they release the GIL); BLAS
@@ -33,10 +33,58 @@ CHUNK_ELEMS = 1 << 18
 _pool = None
 
 
-def parallel(fn, n: int, work: int = 1 << 30) -> None:
+class _BlasThreads:
+    """Get/set the thread count of the OpenBLAS that NumPy loaded (ctypes; no-op elsewhere)."""
+
+    def __init__(self):
+        self.checked = False
+        self.get = self.set = None
+
+    def _find(self) -> None:
+        self.checked = True
+        try:
+            import ctypes
+
+            with open("/proc/self/maps") as f:
+                paths = {ln.split()[-1] for ln in f if "openblas" in ln.lower() and "/" in ln}
+            for path in sorted(paths):
+                lib = ctypes.CDLL(path)
+                for suffix in ("64_", ""):
+                    for prefix in ("scipy_openblas", "openblas"):
+                        getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                        setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                        if getter is not None and setter is not None:
+                            getter.restype = ctypes.c_int
+                            setter.argtypes = [ctypes.c_int]
+                            self.get, self.set = getter, setter
+                            return
+        except (OSError, AttributeError, ValueError):
+            pass
+
+    def limit(self, n: int):
+        """Set the thread count to ``n``; returns the previous count (None when unknown)."""
+        if not self.checked:
+            self._find()
+        if self.get is None:
+            return None
+        old = int(self.get())
+        if old != n:
+            self.set(n)
+        return old
+
+    def restore(self, old) -> None:
+        if old is not None and self.set is not None:
+            self.set(old)
+
+
+_blas = _BlasThreads()
+
+
+def parallel(fn, n: int, work: int = 1 << 30, gemm: bool = False) -> None:
     """Run ``fn(start, stop)`` over ``range(n)`` in NUM_THREADS contiguous parts at once (the
     calling thread takes the first part); one call ``fn(0, n)`` when ``work`` (elements touched)
-    is small or there is one thread."""
+    is small or there is one thread. ``gemm``: the parts call BLAS, which then runs one thread
+    per part (NumPy's OpenBLAS is limited to 1 thread meanwhile)."""
     parts = min(NUM_THREADS, n)
     if parts < 2 or work < PARALLEL_MIN_ELEMS:
         fn(0, n)
@@ -46,13 +94,17 @@ def parallel(fn, n: int, work: int = 1 << 30) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         _pool = ThreadPoolExecutor(NUM_THREADS - 1, thread_name_prefix="minicaffe")
-    bounds = [n * i // parts for i in range(parts + 1)]
-    futures = [_pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+    old = _blas.limit(1) if gemm else None
     try:
-        fn(bounds[0], bounds[1])
+        bounds = [n * i // parts for i in range(parts + 1)]
+        futures = [_pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+        try:
+            fn(bounds[0], bounds[1])
+        finally:
+            for f in futures:
+                f.result()
     finally:
-        for f in futures:
-            f.result()
+        _blas.restore(old)
 
 
 def as_strided(xp, array, shape, strides):
@@ -314,7 +366,8 @@ class Conv1x1Plan(ConvPlan):
 
 
 def copy_slabs(dst, src, axis: int, slab_elems: int = 1 << 16) -> None:
-    """``dst[...] = src`` in slabs along ``axis``, each of about ``slab_elems`` values.
+    """``dst[...] = src`` in slabs along ``axis``, each of about ``slab_elems`` values (shared
+    between threads when large).
 
     For a transposing copy, slabs along the source's outermost memory axis keep the block being
     transposed in cache; one plain copy reads the whole source once per output row instead
@@ -327,12 +380,43 @@ def copy_slabs(dst, src, axis: int, slab_elems: int = 1 << 16) -> None:
         dst[...] = src
         return
     lead = (slice(None),) * axis
-    for i in range(0, n, step):
-        sl = lead + (slice(i, i + step),)
-        dst[sl] = src[sl]
+    starts = list(range(0, n, step))
+
+    def run(i, j):
+        for a in starts[i:j]:
+            sl = lead + (slice(a, a + step),)
+            dst[sl] = src[sl]
+
+    parallel(run, len(starts), dst.size)
 
 
-class Conv2dPlan(ConvPlan):
+class _Tiled(ConvPlan):
+    """Shared machinery of the 2-D plans: per-thread scratch and tiles run on threads."""
+
+    def _local(self, make):
+        """This thread's scratch dict, made by ``make()`` on first use."""
+        key = threading.get_ident()
+        scratch = self._locals.get(key)
+        if scratch is None:
+            scratch = self._locals[key] = make()
+        return scratch
+
+    def _run(self, fn, n: int, work: int, threads: bool = True) -> None:
+        """``fn(start, stop)`` over ``n`` tiles, split between threads on NumPy (BLAS one thread
+        per tile then)."""
+        if self.xp is np and threads:
+            parallel(fn, n, work, gemm=True)
+        else:
+            fn(0, n)
+
+    @staticmethod
+    def _accumulate(accs, target, transpose: bool = False) -> None:
+        for acc in accs:
+            if acc is not None:
+                target += _t(acc) if transpose else acc
+
+
+class Conv2dPlan(_Tiled):
     """The 2-D plan for inputs with many channels: batch-innermost working layout, row tiles.
 
     The input is copied once, transposed and zero-padded, into ``xb`` (C, Hp, Wp, N). For each
@@ -340,12 +424,15 @@ class Conv2dPlan(ConvPlan):
     (C, kh, kw, rows, W_out, N) (runs of W_out * N contiguous values) and one GEMM per group,
     oriented with the long output-position axis as rows, gives the tile as
     (rows * W_out * N, O) (OpenBLAS runs 1.3-1.6x faster this way than with O as the rows when O
-    is small); the bias is added there and the tile is transposed into the NCHW top.
+    is small); the bias is added there and the tile is transposed into the NCHW top. Tiles are
+    shared between threads (each with its own buffers, BLAS on one thread each).
     Backward walks the same tiles: the top-diff tile is gathered into (rows, W_out, N, O), one
-    GEMM accumulates dW^T, another gives the column gradient, which is added back into a padded
-    (C, Hp, Wp, N) buffer at the kh * kw kernel offsets; that buffer is transposed once into the
-    NCHW bottom diff. Backward reuses the transposed input of the last forward when ``x`` is the
-    same array (the bottom of a layer does not change between its forward and backward).
+    GEMM accumulates dW^T; for stride 1 the data gradient is the convolution of the top diff with
+    the flipped, transposed kernel (another plan); otherwise a GEMM gives the column gradient,
+    which is added back into a padded (C, Hp, Wp, N) buffer at the kh * kw kernel offsets and
+    transposed once into the NCHW bottom diff. Backward reuses the transposed input of the last
+    forward when ``x`` is the same array (a layer's bottom does not change between its forward
+    and backward in a net).
     """
 
     def __init__(self, xp, dtype, num, channels, num_output, geom, group, tile_elems=None):
@@ -356,25 +443,24 @@ class Conv2dPlan(ConvPlan):
         self.kg, self.og = self.k_total // group, num_output // group
         if tile_elems is None:
             tile_elems = TILE_ELEMS if xp is np else 1 << 62
+        self.tile_elems = tile_elems
         row = self.wo * num
         rows = max(1, min(self.ho, tile_elems // max(1, self.k_total * row)))
+        self.rows = rows
         self.tiles = [(h0, min(self.ho, h0 + rows)) for h0 in range(0, self.ho, rows)]
-        self.col = xp.empty(self.k_total * rows * row, dtype)
-        self.ybuf = xp.empty(num_output * rows * row, dtype)
+        self.work = self.k_total * self.ho * row
         hp, wp = geom.padded_size
         self.xb = xp.zeros((channels, hp, wp, num), dtype)
         self.dxb = None
-        self.dwbuf = None
-        self.dbbuf = None
         self._loaded = None
-        self.tile_elems = tile_elems
+        self._locals: dict = {}
         # stride 1: the data gradient is a convolution of the top diff with the flipped,
         # transposed kernel (one im2col copy + a GEMM with K = O * kh * kw) instead of a
-        # GEMM with K = O followed by kh * kw scatter-adds (measured ~25% faster)
+        # GEMM with K = O followed by kh * kw scatter-adds (measured ~25% faster); only for
+        # "same"-padded layers (with little padding it would multiply many padding zeros)
         flip_pad = [d * (k - 1) - p for k, p, d in zip(geom.kernel, geom.pad, geom.dilation)]
-        self.flip_geom = None
-        # ("same"-padded layers only: with little padding it multiplies many padding zeros)
         grow = math.prod(geom.in_size) / max(1, math.prod(geom.out_size))
+        self.flip_geom = None
         if geom.stride == (1, 1) and min(flip_pad) >= 0 and grow <= 1.25:
             self.flip_geom = ConvGeometry(
                 geom.kernel, (1, 1), tuple(flip_pad), geom.dilation, geom.out_size
@@ -382,21 +468,30 @@ class Conv2dPlan(ConvPlan):
         self.dx_plan = None
         self.wflip = None
 
+    def _scratch(self):
+        xp, g, n = self.xp, self.g, self.rows * self.wo * self.n
+        return {
+            "col": xp.empty(self.k_total * n, self.dtype),
+            "y": xp.empty(self.o * n, self.dtype),
+            "dw": xp.empty((2, g, self.kg, self.og), self.dtype),
+            "db": xp.empty((2, g, self.og), self.dtype),
+        }
+
     def load(self, x) -> None:
         """Copy the (N, C, H, W) input into the padded batch-innermost buffer."""
         ph, pw = self.geom.pad
         copy_slabs(self.xb[:, ph : ph + self.h, pw : pw + self.w, :], x.transpose(1, 2, 3, 0), 0)
         self._loaded = (data_ptr(x), x.shape, x.strides)
 
-    def _tile_col(self, h0, h1):
+    def _tile_col(self, sc, h0, h1):
         """The column buffer of a tile as (G, K/G, positions)."""
         n = self.k_total * (h1 - h0) * self.wo * self.n
-        return self.col[:n].reshape(self.g, self.kg, -1)
+        return sc["col"][:n].reshape(self.g, self.kg, -1)
 
-    def _tile_y(self, h0, h1):
+    def _tile_y(self, sc, h0, h1):
         """The output buffer of a tile as (G, positions, O/G)."""
         n = self.o * (h1 - h0) * self.wo * self.n
-        return self.ybuf[:n].reshape(self.g, -1, self.og)
+        return sc["y"][:n].reshape(self.g, -1, self.og)
 
     def _im2col(self, h0, h1, col) -> None:
         (kh, kw), (sh, sw), (dh, dw) = self.geom.kernel, self.geom.stride, self.geom.dilation
@@ -430,12 +525,13 @@ class Conv2dPlan(ConvPlan):
     def _gather_dy(self, dy, h0, h1, dyt) -> None:
         """dyt (G, rows, W_out, N, O/G) = the top-diff rows h0:h1."""
         dst = dyt.reshape(self.g, h1 - h0, self.wo, self.n, self.og)
+        src = self._nchw_slab(dy, h0, h1).transpose(1, 3, 4, 0, 2)
         # slabs of a few images: the strided reads of each slab stay in L1 (3x faster)
-        copy_slabs(dst, self._nchw_slab(dy, h0, h1).transpose(1, 3, 4, 0, 2), 3, 1 << 14)
+        _slab_loop(dst, src, 3, 1 << 14)
 
     def _scatter_y(self, yt, y, h0, h1) -> None:
         src = yt.reshape(self.g, h1 - h0, self.wo, self.n, self.og).transpose(3, 0, 4, 1, 2)
-        copy_slabs(self._nchw_slab(y, h0, h1), src, 0, 1 << 14)
+        _slab_loop(self._nchw_slab(y, h0, h1), src, 0, 1 << 14)
 
     def _scatter_dx(self, dx) -> None:
         ph, pw = self.geom.pad
@@ -445,7 +541,14 @@ class Conv2dPlan(ConvPlan):
         """(plan, weights) computing the data gradient as a stride-1 convolution of dy."""
         if self.dx_plan is None:
             self.dx_plan = Conv2dPlan(
-                self.xp, self.dtype, self.n, self.o, self.c, self.flip_geom, self.g, self.tile_elems
+                self.xp,
+                self.dtype,
+                self.n,
+                self.o,
+                self.c,
+                self.flip_geom,
+                self.g,
+                self.tile_elems,
             )
             self.wflip = self.xp.empty((self.c, self.og * self.geom.kernel_count), self.dtype)
         kh, kw = self.geom.kernel
@@ -460,13 +563,19 @@ class Conv2dPlan(ConvPlan):
         if load:
             self.load(x)
         wt = _t(w2.reshape(self.g, self.og, self.kg))  # (G, K/G, O/G)
-        for h0, h1 in self.tiles:
-            col, yt = self._tile_col(h0, h1), self._tile_y(h0, h1)
-            self._im2col(h0, h1, col)
-            _gemm(xp, _t(col), wt, yt)
-            if bias is not None:
-                yt += bias.reshape(self.g, 1, self.og)
-            self._scatter_y(yt, y, h0, h1)
+        b3 = None if bias is None else bias.reshape(self.g, 1, self.og)
+
+        def run(i, j):
+            sc = self._local(self._scratch)
+            for h0, h1 in self.tiles[i:j]:
+                col, yt = self._tile_col(sc, h0, h1), self._tile_y(sc, h0, h1)
+                self._im2col(h0, h1, col)
+                _gemm(xp, _t(col), wt, yt)
+                if b3 is not None:
+                    yt += b3
+                self._scatter_y(yt, y, h0, h1)
+
+        self._run(run, len(self.tiles), self.work)
 
     def _zero_dxb(self) -> None:
         if self.dxb is None:
@@ -479,39 +588,44 @@ class Conv2dPlan(ConvPlan):
         if dw is not None and x is not None and self._loaded != (data_ptr(x), x.shape, x.strides):
             self.load(x)
         flip = dx is not None and self.flip_geom is not None
-        if flip:
-            dx_flip, dx = dx, None
+        dx_flip, dx = (dx, None) if flip else (None, dx)
         if dx is not None:
             self._zero_dxb()
-        if dw is not None and self.dwbuf is None:
-            self.dwbuf = xp.empty((2, g, self.kg, self.og), self.dtype)
-        if db is not None and self.dbbuf is None:
-            self.dbbuf = xp.empty((2, g, self.og), self.dtype)
-        first = True
         w3 = w2.reshape(g, self.og, self.kg)
-        tiles = self.tiles if (dw is not None or db is not None or dx is not None) else []
-        for h0, h1 in tiles:
-            col, dyt = self._tile_col(h0, h1), self._tile_y(h0, h1)
-            self._gather_dy(dy, h0, h1, dyt)
-            k = 0 if first else 1
-            if db is not None:
-                xp.sum(dyt, axis=1, out=self.dbbuf[k])
-                if not first:
-                    self.dbbuf[0] += self.dbbuf[1]
-            if dw is not None:
-                self._im2col(h0, h1, col)
-                _gemm(xp, col, dyt, self.dwbuf[k])  # dW^T (G, K/G, O/G)
-                if not first:
-                    self.dwbuf[0] += self.dwbuf[1]
-            if dx is not None:
-                _gemm(xp, _t(w3), _t(dyt), col)
-                self._col2im(col, h0, h1)
-            first = False
+        accs = []
+
+        def run(i, j):
+            sc = self._local(self._scratch)
+            first = True
+            for h0, h1 in self.tiles[i:j]:
+                col, dyt = self._tile_col(sc, h0, h1), self._tile_y(sc, h0, h1)
+                self._gather_dy(dy, h0, h1, dyt)
+                k = 0 if first else 1
+                if db is not None:
+                    xp.sum(dyt, axis=1, out=sc["db"][k])
+                    if not first:
+                        sc["db"][0] += sc["db"][1]
+                if dw is not None:
+                    self._im2col(h0, h1, col)
+                    _gemm(xp, col, dyt, sc["dw"][k])  # dW^T (G, K/G, O/G)
+                    if not first:
+                        sc["dw"][0] += sc["dw"][1]
+                if dx is not None:
+                    _gemm(xp, _t(w3), _t(dyt), col)
+                    self._col2im(col, h0, h1)
+                first = False
+            if not first:
+                accs.append(sc)
+
+        if dw is not None or db is not None or dx is not None:
+            # the scatter-adds of neighbouring tiles overlap: no threads for them
+            self._run(run, len(self.tiles), self.work, threads=dx is None)
         if db is not None:
-            db += self.dbbuf[0].reshape(-1)
+            self._accumulate([sc["db"][0].reshape(-1) for sc in accs], db)
         if dw is not None:
-            dw3 = dw.reshape(g, self.og, self.kg)
-            dw3 += _t(self.dwbuf[0])
+            self._accumulate(
+                [sc["dw"][0] for sc in accs], dw.reshape(g, self.og, self.kg), transpose=True
+            )
         if dx is not None:
             self._scatter_dx(dx)
         if flip:
@@ -520,15 +634,16 @@ class Conv2dPlan(ConvPlan):
 
     def data_gradient(self, w2, dy, dx, bias=None) -> None:
         """dx = conv^T(dy) (+ bias): Deconvolution's forward."""
-        xp = self.xp
         if self.flip_geom is not None:
             plan, wf = self._flipped(w2)
             plan.forward(dy, wf, dx, bias)
             return
+        xp = self.xp
         self._zero_dxb()
         w3 = w2.reshape(self.g, self.og, self.kg)
+        sc = self._local(self._scratch)
         for h0, h1 in self.tiles:
-            col, dyt = self._tile_col(h0, h1), self._tile_y(h0, h1)
+            col, dyt = self._tile_col(sc, h0, h1), self._tile_y(sc, h0, h1)
             self._gather_dy(dy, h0, h1, dyt)
             _gemm(xp, _t(w3), _t(dyt), col)
             self._col2im(col, h0, h1)
@@ -537,13 +652,27 @@ class Conv2dPlan(ConvPlan):
             dx += bias.reshape(1, -1, 1, 1)
 
 
-class Conv2dDirectPlan(ConvPlan):
+def _slab_loop(dst, src, axis: int, slab_elems: int) -> None:
+    """``dst[...] = src`` in slabs along ``axis`` in this thread (see :func:`copy_slabs`)."""
+    n = dst.shape[axis]
+    step = max(1, slab_elems // max(1, dst.size // max(1, n)))
+    if step >= n or not isinstance(dst, np.ndarray):
+        dst[...] = src
+        return
+    lead = (slice(None),) * axis
+    for a in range(0, n, step):
+        sl = lead + (slice(a, a + step),)
+        dst[sl] = src[sl]
+
+
+class Conv2dDirectPlan(_Tiled):
     """The 2-D plan for inputs with few channels (wide outputs): NCHW columns per image.
 
     For each chunk of images, a strided view of the (padded) input is copied into columns
     (images, C, kh, kw, H_out, W_out) and one batched GEMM writes the NCHW top directly: no
     transposes, which dominate when the output is large next to the column matrix (first layers:
     C = 1 or 3). dW sums per-image GEMMs; the column gradient is added back per kernel offset.
+    Chunks are shared between threads, each with its own buffers.
     """
 
     def __init__(self, xp, dtype, num, channels, num_output, geom, group, tile_elems=None):
@@ -555,16 +684,26 @@ class Conv2dDirectPlan(ConvPlan):
         if tile_elems is None:
             tile_elems = TILE_ELEMS if xp is np else 1 << 62
         nb = max(1, min(num, tile_elems // max(1, self.k_total * self.p)))
+        self.nb = nb
         self.chunks = [(n0, min(num, n0 + nb)) for n0 in range(0, num, nb)]
-        self.col = xp.empty((nb, group, self.k_total // group, self.p), dtype)
-        self.xpad = xp.zeros((nb, channels) + geom.padded_size, dtype) if any(geom.pad) else None
-        self.dxpad = None
-        self.dwbuf = None
-        self.dwsum = None
+        self.work = num * self.k_total * self.p
+        self._locals: dict = {}
 
-    def _im2col(self, x, col) -> None:
+    def _scratch(self):
+        xp, nb, g = self.xp, self.nb, self.g
+        pad = any(self.geom.pad)
+        wshape = (g, self.o // g, self.k_total // g)
+        return {
+            "col": xp.empty((nb, g, self.k_total // g, self.p), self.dtype),
+            "xpad": xp.zeros((nb, self.c) + self.geom.padded_size, self.dtype) if pad else None,
+            "dxpad": xp.zeros((nb, self.c) + self.geom.padded_size, self.dtype) if pad else None,
+            "dwb": xp.empty((nb,) + wshape, self.dtype),
+            "dw": xp.empty((2,) + wshape, self.dtype),
+        }
+
+    def _im2col(self, sc, x, col) -> None:
         b = x.shape[0]
-        src = pad_into(x, self.geom, None if self.xpad is None else self.xpad[:b])
+        src = pad_into(x, self.geom, None if sc["xpad"] is None else sc["xpad"][:b])
         (kh, kw), (sh, sw), (dh, dw) = self.geom.kernel, self.geom.stride, self.geom.dilation
         s = src.strides
         view = as_strided(
@@ -575,15 +714,10 @@ class Conv2dDirectPlan(ConvPlan):
         )
         col.reshape(view.shape)[...] = view
 
-    def _col2im(self, col, dx) -> None:
+    def _col2im(self, sc, col, dx) -> None:
         """dx (b, C, H, W) = sum of the column gradient at every position it was read from."""
         b = dx.shape[0]
-        if self.xpad is None:
-            target = dx
-        else:
-            if self.dxpad is None:
-                self.dxpad = self.xp.zeros_like(self.xpad)
-            target = self.dxpad[:b]
+        target = dx if sc["dxpad"] is None else sc["dxpad"][:b]
         target.fill(0)
         col2im_nd(
             col.reshape((b, self.c) + self.geom.kernel + self.geom.out_size), self.geom, target
@@ -598,38 +732,50 @@ class Conv2dDirectPlan(ConvPlan):
     def forward(self, x, w2, y, bias=None) -> None:
         xp = self.xp
         wg = w2.reshape(self.g, self.o // self.g, -1)
-        for n0, n1 in self.chunks:
-            col = self.col[: n1 - n0]
-            self._im2col(x[n0:n1], col)
-            xp.matmul(wg, col, out=self._split(y[n0:n1], self.o))
-        if bias is not None:
-            y3 = y.reshape(self.n, self.o, self.p)
-            y3 += bias.reshape(1, -1, 1)
+        b3 = None if bias is None else bias.reshape(1, -1, 1)
+
+        def run(i, j):
+            sc = self._local(self._scratch)
+            for n0, n1 in self.chunks[i:j]:
+                col = sc["col"][: n1 - n0]
+                self._im2col(sc, x[n0:n1], col)
+                xp.matmul(wg, col, out=self._split(y[n0:n1], self.o))
+                if b3 is not None:
+                    y3 = y[n0:n1].reshape(n1 - n0, self.o, self.p)
+                    y3 += b3
+
+        self._run(run, len(self.chunks), self.work)
 
     def backward(self, w2, dy, dw=None, dx=None, db=None, x=None) -> None:
         xp = self.xp
         wg = w2.reshape(self.g, self.o // self.g, -1)
         if db is not None:
             db += dy.reshape(self.n, self.o, self.p).sum(axis=(0, 2))
-        if dw is not None and self.dwbuf is None:
-            self.dwbuf = xp.empty((self.col.shape[0],) + wg.shape, self.dtype)
-            self.dwsum = xp.empty((2,) + wg.shape, self.dtype)
-        first = True
-        for n0, n1 in self.chunks:
-            b = n1 - n0
-            col, dyc = self.col[:b], self._split(dy[n0:n1], self.o)
-            if dw is not None:
-                self._im2col(x[n0:n1], col)
-                xp.matmul(dyc, col.transpose(0, 1, 3, 2), out=self.dwbuf[:b])
-                xp.sum(self.dwbuf[:b], axis=0, out=self.dwsum[0 if first else 1])
-                if not first:
-                    self.dwsum[0] += self.dwsum[1]
-            if dx is not None:
-                xp.matmul(wg.transpose(0, 2, 1), dyc, out=col)
-                self._col2im(col, dx[n0:n1])
-            first = False
+        accs = []
+
+        def run(i, j):
+            sc = self._local(self._scratch)
+            first = True
+            for n0, n1 in self.chunks[i:j]:
+                b = n1 - n0
+                col, dyc = sc["col"][:b], self._split(dy[n0:n1], self.o)
+                if dw is not None:
+                    self._im2col(sc, x[n0:n1], col)
+                    xp.matmul(dyc, col.transpose(0, 1, 3, 2), out=sc["dwb"][:b])
+                    xp.sum(sc["dwb"][:b], axis=0, out=sc["dw"][0 if first else 1])
+                    if not first:
+                        sc["dw"][0] += sc["dw"][1]
+                if dx is not None:
+                    xp.matmul(wg.transpose(0, 2, 1), dyc, out=col)
+                    self._col2im(sc, col, dx[n0:n1])
+                first = False
+            if not first and dw is not None:
+                accs.append(sc["dw"][0])
+
+        if dw is not None or dx is not None:
+            self._run(run, len(self.chunks), self.work)
         if dw is not None:
-            dw += self.dwsum[0].reshape(dw.shape)
+            self._accumulate(accs, dw.reshape(wg.shape))
 
     def data_gradient(self, w2, dy, dx, bias=None) -> None:
         self.backward(w2, dy, dx=dx)

@@ -60,16 +60,32 @@ class InnerProductLayer(Layer):
         if self.bias_term:
             y += self.blobs[1].data
 
+    # Scratch for one block of dW rows: the weight gradient is accumulated block by block, so a
+    # step allocates no weight-sized temporary (fc6 of CaffeNet would need 151 MB each step).
+    SCRATCH_ELEMS = 1 << 20
+
+    def _accumulate_weight_diff(self, x, dy) -> None:
+        """W.diff += dy^T x (or x^T dy when transpose), in row blocks through one scratch."""
+        xp = self.xp
+        wd = self.blobs[0].diff  # (n_out, K), or (K, n_out) when transpose
+        a, b = (x, dy) if self.transpose else (dy, x)  # wd = a^T b
+        rows_total, cols = wd.shape
+        rows = max(1, min(rows_total, self.SCRATCH_ELEMS // max(1, cols)))
+        scratch = getattr(self, "_dw_scratch", None)
+        if scratch is None or scratch.size < rows * cols or scratch.dtype != wd.dtype:
+            scratch = self._dw_scratch = xp.empty(rows * cols, wd.dtype)
+        for r0 in range(0, rows_total, rows):
+            r1 = min(rows_total, r0 + rows)
+            block = scratch[: (r1 - r0) * cols].reshape(r1 - r0, cols)
+            xp.matmul(a[:, r0:r1].T, b, out=block)
+            wd[r0:r1] += block
+
     def backward(self, top, propagate_down, bottom):
         xp = self.xp
         dy = top[0].diff.reshape(-1, self.n_out)
         x = bottom[0].data.reshape(-1, self.k)
         if self.param_propagate_down[0]:
-            wd = self.blobs[0].diff
-            if self.transpose:
-                wd += x.T @ dy
-            else:
-                wd += dy.T @ x
+            self._accumulate_weight_diff(x, dy)
         if self.bias_term and self.param_propagate_down[1]:
             self.blobs[1].diff += dy.sum(axis=0)
         if propagate_down[0]:

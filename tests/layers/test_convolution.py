@@ -30,8 +30,10 @@ def layout(request, monkeypatch):
     """Run with the automatic plan choice and with each 2-D plan forced, tiles of ~300 values
     (many row/image tiles)."""
     monkeypatch.setattr(functional, "CONV_LAYOUT", request.param)
-    if request.param != "auto":
+    if request.param != "auto":  # many tiles, shared by two threads
         monkeypatch.setattr(functional, "TILE_ELEMS", 300)
+        monkeypatch.setattr(functional, "PARALLEL_MIN_ELEMS", 0)
+        monkeypatch.setattr(functional, "NUM_THREADS", 2)
     return request.param
 
 

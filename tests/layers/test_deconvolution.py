@@ -14,8 +14,10 @@ from tests.helpers import check_gradient, make_layer, run_forward
 @pytest.fixture(params=["auto", "nchw", "chwn"])
 def layout(request, monkeypatch):
     monkeypatch.setattr(functional, "CONV_LAYOUT", request.param)
-    if request.param != "auto":
+    if request.param != "auto":  # many tiles, shared by two threads
         monkeypatch.setattr(functional, "TILE_ELEMS", 300)
+        monkeypatch.setattr(functional, "PARALLEL_MIN_ELEMS", 0)
+        monkeypatch.setattr(functional, "NUM_THREADS", 2)
     return request.param
 
 
