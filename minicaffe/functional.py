@@ -1,14 +1,22 @@
 """Array math shared by layers, written once against an array module ``xp`` (numpy or cupy).
 
-Convolution geometry (Caffe's rules), im2col/col2im in N spatial dimensions, the tiled GEMM
-schedule used by Convolution and Deconvolution, and the pooling windows used by Pooling and SPP.
+Convolution geometry (Caffe's rules), im2col/col2im in N spatial dimensions, the GEMM plans used
+by Convolution and Deconvolution, and the pooling windows used by Pooling and SPP.
 
-Speed notes (measured on 2-core machines, see tools/bench_nets.py): what decides the time of a
-NumPy convolution is not the GEMM but the copies around it. The 2-D plan therefore works in a
-batch-innermost (C, H, W, N) layout, where every im2col copy moves runs of ``W_out * N``
-contiguous values, and walks the output in row tiles small enough that the column buffer stays in
-cache between the im2col copy and the GEMM that reads it. Every buffer is allocated once per shape
-and reused (``out=``), so a steady-state step allocates nothing large.
+Speed notes (measured on shared 2-core machines; tools/bench_nets.py prints whole-net figures):
+what decides the time of a NumPy convolution is not the GEMM alone but the copies around it.
+
+* 2-D layers with many input channels work in a batch-innermost (C, H, W, N) layout, where every
+  im2col copy moves runs of ``W_out * N`` contiguous values, in row tiles small enough that the
+  column buffer stays in cache between the copy and the GEMM; GEMMs are oriented with the long
+  output-position axis as rows (faster in OpenBLAS when there are few output channels).
+* First layers (1-3 input channels, wide outputs) keep NCHW and run one batched GEMM per chunk of
+  images, which writes the top directly: there the transposes would cost more than the GEMM.
+* Stride-1 "same" convolutions take the data gradient as a convolution with the flipped kernel.
+* Pooling runs in cache-sized batch chunks over contiguous "phase" copies of the input.
+* Tiles and chunks are shared by NUM_THREADS threads (NumPy releases the GIL; OpenBLAS is held to
+  one thread inside those regions). Buffers are allocated once per shape and reused (``out=``),
+  so a steady-state step allocates nothing large.
 """
 
 from __future__ import annotations
@@ -451,7 +459,6 @@ class Conv2dPlan(_Tiled):
         self.work = self.k_total * self.ho * row
         hp, wp = geom.padded_size
         self.xb = xp.zeros((channels, hp, wp, num), dtype)
-        self.dxb = None
         self._loaded = None
         self._locals: dict = {}
         # stride 1: the data gradient is a convolution of the top diff with the flipped,
@@ -505,7 +512,7 @@ class Conv2dPlan(_Tiled):
         )
         col.reshape(view.shape)[...] = view
 
-    def _col2im(self, col, h0, h1) -> None:
+    def _col2im(self, col, h0, h1, dxb) -> None:
         (kh, kw), (sh, sw), (dh, dw) = self.geom.kernel, self.geom.stride, self.geom.dilation
         rows = h1 - h0
         c6 = col.reshape(self.c, kh, kw, rows, self.wo, self.n)
@@ -513,7 +520,7 @@ class Conv2dPlan(_Tiled):
             r0 = h0 * sh + i * dh
             for j in range(kw):
                 c0 = j * dw
-                dst = self.dxb[
+                dst = dxb[
                     :, r0 : r0 + sh * (rows - 1) + 1 : sh, c0 : c0 + sw * (self.wo - 1) + 1 : sw
                 ]
                 dst += c6[:, i, j]
@@ -533,9 +540,9 @@ class Conv2dPlan(_Tiled):
         src = yt.reshape(self.g, h1 - h0, self.wo, self.n, self.og).transpose(3, 0, 4, 1, 2)
         _slab_loop(self._nchw_slab(y, h0, h1), src, 0, 1 << 14)
 
-    def _scatter_dx(self, dx) -> None:
+    def _scatter_dx(self, dx, dxb) -> None:
         ph, pw = self.geom.pad
-        copy_slabs(dx, self.dxb[:, ph : ph + self.h, pw : pw + self.w].transpose(3, 0, 1, 2), 1)
+        copy_slabs(dx, dxb[:, ph : ph + self.h, pw : pw + self.w].transpose(3, 0, 1, 2), 1)
 
     def _flipped(self, w2):
         """(plan, weights) computing the data gradient as a stride-1 convolution of dy."""
@@ -577,11 +584,13 @@ class Conv2dPlan(_Tiled):
 
         self._run(run, len(self.tiles), self.work)
 
-    def _zero_dxb(self) -> None:
-        if self.dxb is None:
-            self.dxb = self.xp.zeros_like(self.xb)
+    def _dxb(self, sc):
+        """This thread's zeroed (C, Hp, Wp, N) buffer for the column-gradient scatter-adds."""
+        if sc.get("dxb") is None:
+            sc["dxb"] = self.xp.zeros_like(self.xb)
         else:
-            self.dxb.fill(0)
+            sc["dxb"].fill(0)
+        return sc["dxb"]
 
     def backward(self, w2, dy, dw=None, dx=None, db=None, x=None) -> None:
         xp, g = self.xp, self.g
@@ -589,13 +598,12 @@ class Conv2dPlan(_Tiled):
             self.load(x)
         flip = dx is not None and self.flip_geom is not None
         dx_flip, dx = (dx, None) if flip else (None, dx)
-        if dx is not None:
-            self._zero_dxb()
         w3 = w2.reshape(g, self.og, self.kg)
         accs = []
 
         def run(i, j):
             sc = self._local(self._scratch)
+            dxb = None if dx is None else self._dxb(sc)
             first = True
             for h0, h1 in self.tiles[i:j]:
                 col, dyt = self._tile_col(sc, h0, h1), self._tile_y(sc, h0, h1)
@@ -612,22 +620,25 @@ class Conv2dPlan(_Tiled):
                         sc["dw"][0] += sc["dw"][1]
                 if dx is not None:
                     _gemm(xp, _t(w3), _t(dyt), col)
-                    self._col2im(col, h0, h1)
+                    self._col2im(col, h0, h1, dxb)
                 first = False
             if not first:
-                accs.append(sc)
+                accs.append((i, sc))
 
         if dw is not None or db is not None or dx is not None:
-            # the scatter-adds of neighbouring tiles overlap: no threads for them
-            self._run(run, len(self.tiles), self.work, threads=dx is None)
+            self._run(run, len(self.tiles), self.work)
+        accs = [sc for _, sc in sorted(accs, key=lambda a: a[0])]  # a fixed summation order
+        if dx is not None:  # each thread added into its own buffer (neighbouring tiles overlap)
+            total = accs[0]["dxb"]
+            for sc in accs[1:]:
+                total += sc["dxb"]
+            self._scatter_dx(dx, total)
         if db is not None:
             self._accumulate([sc["db"][0].reshape(-1) for sc in accs], db)
         if dw is not None:
             self._accumulate(
                 [sc["dw"][0] for sc in accs], dw.reshape(g, self.og, self.kg), transpose=True
             )
-        if dx is not None:
-            self._scatter_dx(dx)
         if flip:
             plan, wf = self._flipped(w2)
             plan.forward(dy, wf, dx_flip)
@@ -639,15 +650,15 @@ class Conv2dPlan(_Tiled):
             plan.forward(dy, wf, dx, bias)
             return
         xp = self.xp
-        self._zero_dxb()
         w3 = w2.reshape(self.g, self.og, self.kg)
         sc = self._local(self._scratch)
+        dxb = self._dxb(sc)
         for h0, h1 in self.tiles:
             col, dyt = self._tile_col(sc, h0, h1), self._tile_y(sc, h0, h1)
             self._gather_dy(dy, h0, h1, dyt)
             _gemm(xp, _t(w3), _t(dyt), col)
-            self._col2im(col, h0, h1)
-        self._scatter_dx(dx)
+            self._col2im(col, h0, h1, dxb)
+        self._scatter_dx(dx, dxb)
         if bias is not None:
             dx += bias.reshape(1, -1, 1, 1)
 
@@ -770,12 +781,12 @@ class Conv2dDirectPlan(_Tiled):
                     self._col2im(sc, col, dx[n0:n1])
                 first = False
             if not first and dw is not None:
-                accs.append(sc["dw"][0])
+                accs.append((i, sc["dw"][0]))
 
         if dw is not None or dx is not None:
             self._run(run, len(self.chunks), self.work)
         if dw is not None:
-            self._accumulate(accs, dw.reshape(wg.shape))
+            self._accumulate([a for _, a in sorted(accs, key=lambda a: a[0])], dw.reshape(wg.shape))
 
     def data_gradient(self, w2, dy, dx, bias=None) -> None:
         self.backward(w2, dy, dx=dx)

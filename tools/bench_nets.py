@@ -33,7 +33,12 @@ TARGET_VS_TORCH = {"lenet": 1.0, "cifar10_quick": 1.3, "caffenet": 1.2}
 
 
 def _set_threads(n: int) -> None:
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    for var in (
+        "OPENBLAS_NUM_THREADS",
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "MINICAFFE_NUM_THREADS",
+    ):
         os.environ.setdefault(var, str(n))
 
 
@@ -157,15 +162,30 @@ def _torch_train(torch, model, shape, classes, lr):
 def torch_caffenet(torch):
     nn = torch.nn
     model = nn.Sequential(
-        nn.Conv2d(3, 96, 11, stride=4), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True),
+        nn.Conv2d(3, 96, 11, stride=4),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
         nn.LocalResponseNorm(5, 1e-4, 0.75, 1.0),
-        nn.Conv2d(96, 256, 5, padding=2, groups=2), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True),
+        nn.Conv2d(96, 256, 5, padding=2, groups=2),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
         nn.LocalResponseNorm(5, 1e-4, 0.75, 1.0),
-        nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(384, 384, 3, padding=1, groups=2), nn.ReLU(),
-        nn.Conv2d(384, 256, 3, padding=1, groups=2), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True),
-        nn.Flatten(), nn.Linear(9216, 4096), nn.ReLU(), nn.Dropout(),
-        nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(), nn.Linear(4096, 1000), nn.Softmax(1),
+        nn.Conv2d(256, 384, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(384, 384, 3, padding=1, groups=2),
+        nn.ReLU(),
+        nn.Conv2d(384, 256, 3, padding=1, groups=2),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
+        nn.Flatten(),
+        nn.Linear(9216, 4096),
+        nn.ReLU(),
+        nn.Dropout(),
+        nn.Linear(4096, 4096),
+        nn.ReLU(),
+        nn.Dropout(),
+        nn.Linear(4096, 1000),
+        nn.Softmax(1),
     ).eval()
     x = torch.randn(10, 3, 227, 227) * 0.5
 
@@ -214,8 +234,14 @@ def run_bench(name: str, steps: int, warmup: int, torch) -> dict:
             b = _time(tc)
             tc_ms.append(b)
             ratios.append(a / b)
-    res = {"name": name, "title": title, "ms": statistics.median(mc_ms), "min_ms": min(mc_ms),
-           "faults": faults, "caffe_ms": CAFFE_MS[name]}
+    res = {
+        "name": name,
+        "title": title,
+        "ms": statistics.median(mc_ms),
+        "min_ms": min(mc_ms),
+        "faults": faults,
+        "caffe_ms": CAFFE_MS[name],
+    }
     if tc is not None:
         res.update(torch_ms=statistics.median(tc_ms), ratio=statistics.median(ratios))
     return res
@@ -227,11 +253,14 @@ def report(res: dict) -> str:
     if "torch_ms" in res:
         target = TARGET_VS_TORCH[res["name"]]
         lines.append(f"  torch      {res['torch_ms']:8.2f} ms/step (median)")
-        lines.append(f"  ratio minicaffe/torch {res['ratio']:.2f}x (median of pairs; "
-                     f"target <= {target}x)")
-    lines.append(f"  vs Caffe CPU anchor {res['caffe_ms']:.1f} ms: "
-                 f"{res['caffe_ms'] / res['ms']:.2f}x faster (target >= 1.5x; absolute times, "
-                 "other machine)")
+        lines.append(
+            f"  ratio minicaffe/torch {res['ratio']:.2f}x (median of pairs; target <= {target}x)"
+        )
+    lines.append(
+        f"  vs Caffe CPU anchor {res['caffe_ms']:.1f} ms: "
+        f"{res['caffe_ms'] / res['ms']:.2f}x faster (target >= 1.5x; absolute times, "
+        "other machine)"
+    )
     lines.append(f"  minor page faults per steady-state step: {res['faults']:.1f}")
     return "\n".join(lines)
 
@@ -255,8 +284,10 @@ def main(argv=None) -> int:
             print("torch is not importable: minicaffe times only", file=sys.stderr)
     import numpy as np
 
-    print(f"numpy {np.__version__}, {args.threads} threads"
-          + (f", torch {torch.__version__}" if torch is not None else ""))
+    print(
+        f"numpy {np.__version__}, {args.threads} threads"
+        + (f", torch {torch.__version__}" if torch is not None else "")
+    )
     for name in args.nets.split(","):
         if name not in BENCHES:
             p.error(f"unknown net {name!r}; choose from {', '.join(BENCHES)}")
