@@ -229,11 +229,6 @@ def _group_view(a, groups: int):
     return a if groups == 1 else a.reshape(groups, a.shape[0] // groups, a.shape[1])
 
 
-def data_ptr(a) -> int:
-    """Address of the first element of a numpy or cupy array."""
-    return a.__array_interface__["data"][0] if isinstance(a, np.ndarray) else a.data.ptr
-
-
 def _gemm(xp, a, b, out) -> None:
     xp.matmul(a, b, out=out)
 
@@ -251,8 +246,9 @@ class ConvPlan:
     data gradient of a convolution, its backward a forward plus a weight gradient):
 
     * ``forward(x, w2, y, bias)``: y = conv(x) (+ bias), y (N, O, *out_size).
-    * ``backward(w2, dy, dw=None, dx=None, db=None, x=None)``: dw += dL/dw, db += dL/db,
-      dx = dL/dx, for the input last given to ``forward`` (or ``x`` when given).
+    * ``backward(w2, dy, dw=None, dx=None, db=None, x=None, x_loaded=False)``: dw += dL/dw,
+      db += dL/db, dx = dL/dx for the input ``x`` (``x_loaded``: ``x`` is the input of the last
+      ``forward``, whose prepared copy may be reused).
 
     ``w2`` is the weight as a 2-D (O, C/G * prod(kernel)) array. This generic form works for any
     number of spatial axes; :class:`Conv2dPlan` is the fast 2-D form.
@@ -300,7 +296,7 @@ class ConvPlan:
         src = self.ybuf.reshape(self.o, self.n, self.out_count).transpose(1, 0, 2)
         y.reshape(self.n, self.o, self.out_count)[...] = src
 
-    def backward(self, w2, dy, dw=None, dx=None, db=None, x=None) -> None:
+    def backward(self, w2, dy, dw=None, dx=None, db=None, x=None, x_loaded=False) -> None:
         xp, g = self.xp, self.g
         dyt = self.ybuf
         dyt.reshape(self.o, self.n, self.out_count)[...] = dy.reshape(
@@ -359,7 +355,7 @@ class Conv1x1Plan(ConvPlan):
             y3 = y.reshape(self.n, self.o, self.p)
             y3 += bias.reshape(1, -1, 1)
 
-    def backward(self, w2, dy, dw=None, dx=None, db=None, x=None) -> None:
+    def backward(self, w2, dy, dw=None, dx=None, db=None, x=None, x_loaded=False) -> None:
         xp = self.xp
         x = self._x if x is None else x
         dys = self._split(dy, self.o)
@@ -439,8 +435,8 @@ class Conv2dPlan(_Tiled):
     the flipped, transposed kernel (another plan); otherwise a GEMM gives the column gradient,
     which is added back into a padded (C, Hp, Wp, N) buffer at the kh * kw kernel offsets and
     transposed once into the NCHW bottom diff. Backward reuses the transposed input of the last
-    forward when ``x`` is the same array (a layer's bottom does not change between its forward
-    and backward in a net).
+    forward when the caller says so (``x_loaded``: a layer's bottom does not change between its
+    forward and backward in a net).
     """
 
     def __init__(self, xp, dtype, num, channels, num_output, geom, group, tile_elems=None):
@@ -459,7 +455,7 @@ class Conv2dPlan(_Tiled):
         self.work = self.k_total * self.ho * row
         hp, wp = geom.padded_size
         self.xb = xp.zeros((channels, hp, wp, num), dtype)
-        self._loaded = None
+        self._loaded = False
         self._locals: dict = {}
         # stride 1: the data gradient is a convolution of the top diff with the flipped,
         # transposed kernel (one im2col copy + a GEMM with K = O * kh * kw) instead of a
@@ -488,7 +484,7 @@ class Conv2dPlan(_Tiled):
         """Copy the (N, C, H, W) input into the padded batch-innermost buffer."""
         ph, pw = self.geom.pad
         copy_slabs(self.xb[:, ph : ph + self.h, pw : pw + self.w, :], x.transpose(1, 2, 3, 0), 0)
-        self._loaded = (data_ptr(x), x.shape, x.strides)
+        self._loaded = True
 
     def _tile_col(self, sc, h0, h1):
         """The column buffer of a tile as (G, K/G, positions)."""
@@ -592,9 +588,9 @@ class Conv2dPlan(_Tiled):
             sc["dxb"].fill(0)
         return sc["dxb"]
 
-    def backward(self, w2, dy, dw=None, dx=None, db=None, x=None) -> None:
+    def backward(self, w2, dy, dw=None, dx=None, db=None, x=None, x_loaded=False) -> None:
         xp, g = self.xp, self.g
-        if dw is not None and x is not None and self._loaded != (data_ptr(x), x.shape, x.strides):
+        if dw is not None and not (x_loaded and self._loaded):
             self.load(x)
         flip = dx is not None and self.flip_geom is not None
         dx_flip, dx = (dx, None) if flip else (None, dx)
@@ -757,7 +753,7 @@ class Conv2dDirectPlan(_Tiled):
 
         self._run(run, len(self.chunks), self.work)
 
-    def backward(self, w2, dy, dw=None, dx=None, db=None, x=None) -> None:
+    def backward(self, w2, dy, dw=None, dx=None, db=None, x=None, x_loaded=False) -> None:
         xp = self.xp
         wg = w2.reshape(self.g, self.o // self.g, -1)
         if db is not None:

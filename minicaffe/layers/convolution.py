@@ -213,5 +213,11 @@ class ConvolutionLayer(BaseConvolutionLayer):
             if dw is None and db is None and dx is None:
                 continue
             plan.backward(
-                w2, t.diff.reshape(self._out), dw=dw, dx=dx, db=db, x=b.data.reshape(self._in)
+                w2,
+                t.diff.reshape(self._out),
+                dw=dw,
+                dx=dx,
+                db=db,
+                x=b.data.reshape(self._in),
+                x_loaded=True,  # forward ran on this same bottom
             )

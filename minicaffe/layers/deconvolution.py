@@ -82,5 +82,7 @@ class DeconvolutionLayer(BaseConvolutionLayer):
                 db += dy.reshape(dy.shape[0], self.num_output, -1).sum(axis=(0, 2))
             if propagate_down[i]:
                 plan.forward(dy, w2, b.diff.reshape(self._in))
-            if dw is not None:
-                plan.backward(w2, b.data.reshape(self._in), dw=dw, x=dy)
+            if dw is not None:  # the top diff is the convolution's input here
+                plan.backward(
+                    w2, b.data.reshape(self._in), dw=dw, x=dy, x_loaded=bool(propagate_down[i])
+                )

@@ -112,3 +112,30 @@ def test_bilinear_upsampling_of_constant_is_constant_inside():
 def test_errors(param, shape, err, match):
     with pytest.raises(err, match=match):
         _make(param, shape)
+
+
+def test_weight_gradient_follows_each_new_top_diff(layout):
+    # without a bottom gradient the plan must still read this step's top diff
+    x = np.random.default_rng(2).standard_normal((2, 3, 4, 4))
+    text = (
+        "type: 'Deconvolution' convolution_param { num_output: 4 kernel_size: 3 pad: 1 "
+        "weight_filler { type: 'gaussian' std: 0.5 } }"
+    )
+    layer, bottom, top = make_layer(text, [x])
+    run_forward(layer, bottom, top)
+    rng = np.random.default_rng(3)
+    grads = []
+    for _ in range(3):
+        top[0].diff[...] = rng.standard_normal(top[0].shape)
+        layer.blobs[0].diff.fill(0)
+        layer.blobs[1].diff.fill(0)
+        layer.backward(top, [False], bottom)
+        fresh, fb, ft = make_layer(text, [x])
+        fresh.blobs[0].data[...] = layer.blobs[0].data
+        run_forward(fresh, fb, ft)
+        ft[0].diff[...] = top[0].diff
+        fresh.blobs[0].diff.fill(0)
+        fresh.backward(ft, [True], fb)
+        np.testing.assert_allclose(layer.blobs[0].diff, fresh.blobs[0].diff, rtol=1e-10)
+        grads.append(layer.blobs[0].diff.copy())
+    assert not np.allclose(grads[0], grads[1])
