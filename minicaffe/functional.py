@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 # Column-buffer budget (elements) of one tile of the 2-D convolution plan on the CPU.
-TILE_ELEMS = int(os.environ.get("MINICAFFE_CONV_TILE", 1 << 18))
+TILE_ELEMS = int(os.environ.get("MINICAFFE_CONV_TILE", 1 << 19))
 
 
 # Threads for splitting large NumPy copies and elementwise passes (they release the GIL); BLAS
@@ -86,6 +86,7 @@ class _BlasThreads:
 
 
 _blas = _BlasThreads()
+_state = threading.local()
 
 
 def parallel(fn, n: int, work: int = 1 << 30, gemm: bool = False) -> None:
@@ -94,20 +95,28 @@ def parallel(fn, n: int, work: int = 1 << 30, gemm: bool = False) -> None:
     is small or there is one thread. ``gemm``: the parts call BLAS, which then runs one thread
     per part (NumPy's OpenBLAS is limited to 1 thread meanwhile)."""
     parts = min(NUM_THREADS, n)
-    if parts < 2 or work < PARALLEL_MIN_ELEMS:
-        fn(0, n)
+    if parts < 2 or work < PARALLEL_MIN_ELEMS or getattr(_state, "busy", False):
+        fn(0, n)  # (nested calls run serially: the pool's threads are already taken)
         return
     global _pool
     if _pool is None:
         from concurrent.futures import ThreadPoolExecutor
 
         _pool = ThreadPoolExecutor(NUM_THREADS - 1, thread_name_prefix="minicaffe")
+
+    def part(a, b):
+        _state.busy = True
+        try:
+            fn(a, b)
+        finally:
+            _state.busy = False
+
     old = _blas.limit(1) if gemm else None
     try:
         bounds = [n * i // parts for i in range(parts + 1)]
-        futures = [_pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+        futures = [_pool.submit(part, bounds[i], bounds[i + 1]) for i in range(1, parts)]
         try:
-            fn(bounds[0], bounds[1])
+            part(bounds[0], bounds[1])
         finally:
             for f in futures:
                 f.result()

@@ -256,3 +256,19 @@ def test_plan_choice():
     assert isinstance(
         functional.make_conv_plan(np, np.float32, 2, 8, 4, geom, 1), functional.Conv1x1Plan
     )
+
+
+def test_parallel_helper_splits_and_nests(monkeypatch):
+    monkeypatch.setattr(functional, "PARALLEL_MIN_ELEMS", 0)
+    monkeypatch.setattr(functional, "NUM_THREADS", 2)
+    seen = []
+
+    def inner(a, b):
+        seen.append(("inner", a, b))
+
+    def outer(a, b):
+        functional.parallel(inner, 4)  # nested: runs serially instead of waiting on itself
+        seen.append(("outer", a, b))
+
+    functional.parallel(outer, 2, gemm=True)
+    assert sorted(seen) == [("inner", 0, 4), ("inner", 0, 4), ("outer", 0, 1), ("outer", 1, 2)]
