@@ -94,6 +94,7 @@ class SoftmaxWithLossLayer(ClassLossBase):
         keep = self._softmax(
             x,
             keep=self.phase == caffe_pb2.TRAIN or len(top) == 2,
+            into=bottom[0].diff.reshape(O, C, I) if xp is np else None,
             gather=(x.reshape(-1), t.idx, terms),
             pre=lambda a, b: self.fill_targets(t, a, b),
             post=post,
@@ -121,12 +122,19 @@ class SoftmaxWithLossLayer(ClassLossBase):
             scale_positions(xp, keep, inv3, top[1].data.reshape(O, C, I), self.plan)
         self._saved = (t, a_all, keep)
 
-    def _softmax(self, x, *, keep: bool, gather=None, pre=None, post=None):
+    def _softmax(self, x, *, keep: bool, into=None, gather=None, pre=None, post=None):
         """Fill the "lse" and "inv" scratch arrays; return exp(x - m) (O, C, I) when ``keep``
-        (in the TEST phase it is dropped unless a backward asks for it)."""
+        (in the TEST phase it is dropped unless a backward asks for it).
+
+        On NumPy ``into`` is bottom[0].diff: the exponentials wait there for the backward,
+        which scales them in place (Caffe's GPU code uses that diff as scratch too). A few
+        sampled values are remembered, so a diff changed in between is noticed and the pass
+        redone."""
         O, C, I = self.O, self.C, self.I
         lse3, inv3 = self.scratch("lse", (O, 1, I)), self.scratch("inv", (O, 1, I))
-        e3 = self.scratch("exp", (O, C, I)) if keep else None
+        e3 = None
+        if keep:
+            e3 = into if into is not None else self.scratch("exp", (O, C, I))
         chunk = None
         if not keep:
             chunk = [
@@ -145,7 +153,18 @@ class SoftmaxWithLossLayer(ClassLossBase):
             pre=pre,
             post=post,
         )
+        self._mark = None
+        if into is not None and keep:
+            step = max(1, into.size // 64)
+            self._mark = (step, into.reshape(-1)[::step].copy())
         return e3
+
+    def _kept(self, keep, d3):
+        """``keep`` if still valid, else None (see :meth:`_softmax`)."""
+        if keep is None or self._mark is None:
+            return keep
+        step, sample = self._mark
+        return keep if np.array_equal(d3.reshape(-1)[::step], sample) else None
 
     # ------------------------------------------------------------------ backward
     def backward(self, top, propagate_down, bottom):
@@ -157,10 +176,11 @@ class SoftmaxWithLossLayer(ClassLossBase):
             return
         xp, O, C, I, eps = self.xp, self.O, self.C, self.I, self.eps
         t, a_all, keep = self._saved
-        if keep is None:  # a backward after a TEST-phase forward: redo the softmax pass
-            keep = self._softmax(bottom[0].data, keep=True)
-        scale = self.lambda_over(top, t.n)
         d3 = bottom[0].diff.reshape(O, C, I)
+        keep = self._kept(keep, d3)
+        if keep is None:  # after a TEST-phase forward, or a changed diff: redo the pass
+            keep = self._softmax(bottom[0].data, keep=True, into=d3 if xp is np else None)
+        scale = self.lambda_over(top, t.n)
         true_coef = scale * (1 - eps)  # subtracted at each label entry (times w_y)
         sub = true_coef if t.a_true is None else self.scratch("sub", (O * I,))
         # the factor of exp(x - m) at each position: lambda/n * A / sum(exp(x - m))

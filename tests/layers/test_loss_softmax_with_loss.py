@@ -511,3 +511,24 @@ def test_bad_label_found_by_a_worker_thread_is_raised(monkeypatch):
     assert len(layer.plan.groups) == 2
     with pytest.raises(LabelError, match=r"label 7 at index \(37,\)"):
         layer.forward(bottom, top)
+
+
+def test_exponentials_wait_in_the_bottom_diff_and_a_changed_diff_is_noticed(monkeypatch):
+    x, y = inp("C02", "bottom0"), inp("C02", "bottom1")
+    layer, bottom, top = make_layer(swl("ignore_label: 255"), [x, y])
+    passes = []
+    real = losses.softmax_pass
+    monkeypatch.setattr(
+        "minicaffe.layers.softmax_with_loss.softmax_pass",
+        lambda *a, **k: passes.append(1) or real(*a, **k),
+    )
+    expect = out("C02", "VALID: bottom0_diff")
+    layer.forward(bottom, top)
+    layer.backward(top, [True, False], bottom)  # scales the kept exponentials in place
+    np.testing.assert_allclose(bottom[0].diff, expect, rtol=RTOL, atol=1e-15)
+    assert len(passes) == 1
+    layer.forward(bottom, top)
+    bottom[0].diff[...] = 7.0  # someone writes the diff between forward and backward
+    layer.backward(top, [True, False], bottom)
+    np.testing.assert_allclose(bottom[0].diff, expect, rtol=RTOL, atol=1e-15)
+    assert len(passes) == 3  # the pass was redone
