@@ -585,7 +585,7 @@ class ClassLossBase(LossBase):
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 CHUNK_ELEMENTS = 1 << 17  # 512 KB of float32: a chunk and its exponentials stay in L2
-PARALLEL_MIN = 1 << 17  # below this many elements one thread is faster
+PARALLEL_MIN = 1 << 19  # below this many elements one thread is faster
 
 
 def num_threads() -> int:
@@ -609,8 +609,10 @@ def _get_pool(n: int) -> ThreadPoolExecutor:
 
 
 class ChunkPlan:
-    """Slices of an ``(O, C, I)`` array into chunks of about ``CHUNK_ELEMENTS`` elements, split
-    into contiguous groups (one per thread). On a GPU the whole array is one chunk.
+    """Slices of an ``(O, C, I)`` array into chunks of about ``CHUNK_ELEMENTS`` elements, shared
+    by ``workers`` threads that each take the next chunk when done with one (so a core taken by
+    another process slows the pass down instead of stalling it). On a GPU the whole array is one
+    chunk.
 
     A chunk is ``(o slice, i slice, a, b, contiguous)``: it covers the positions ``a..b-1`` of
     the flattened (O*I) position list, so per-position work (label gathers and scatters) can
@@ -643,25 +645,42 @@ class ChunkPlan:
                 for i in range(0, I, cols)
             ]
         threads = num_threads() if xp is np and total >= PARALLEL_MIN else 1
-        threads = min(threads, len(self.chunks))
-        k = len(self.chunks)
-        self.groups = [
-            self.chunks[j * k // threads : (j + 1) * k // threads] for j in range(threads)
-        ]
+        self.workers = min(threads, len(self.chunks))
         self.chunk_size = max(1, total if len(self.chunks) == 1 else max(target, C))
         self.index = {c[2]: k for k, c in enumerate(self.chunks)}  # first position -> chunk
         self.shifted = [False] * len(self.chunks)  # whether a chunk needed a shift last time
 
-    def run(self, fn, *args) -> None:
-        """``fn(group_index, chunks, *args)`` for every group; groups run in parallel threads."""
-        if len(self.groups) == 1:
-            fn(0, self.groups[0], *args)
+    def run(self, fn) -> None:
+        """``fn(worker, chunks)`` in every worker (the calling thread is worker 0), ``chunks``
+        yielding the chunks the worker takes, until all are done."""
+        if self.workers == 1:
+            fn(0, self.chunks)
             return
-        pool = _get_pool(len(self.groups))
-        futures = [pool.submit(fn, j, g, *args) for j, g in enumerate(self.groups[1:], 1)]
-        fn(0, self.groups[0], *args)
+        lock = threading.Lock()
+        remaining = iter(self.chunks)
+
+        def take():
+            while True:
+                with lock:
+                    chunk = next(remaining, None)
+                if chunk is None:
+                    return
+                yield chunk
+
+        pool = _get_pool(self.workers - 1)
+        futures = [pool.submit(fn, j, take()) for j in range(1, self.workers)]
+        error = None
+        try:
+            fn(0, take())
+        except BaseException as exc:  # let the other workers finish first, then raise
+            error = exc
         for f in futures:
-            f.result()
+            try:
+                f.result()
+            except BaseException as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
 
 def softmax_pass(

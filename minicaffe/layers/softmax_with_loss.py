@@ -139,7 +139,7 @@ class SoftmaxWithLossLayer(ClassLossBase):
         if not keep:
             chunk = [
                 self.scratch(f"chunk{j}", (self.plan.chunk_size,))
-                for j in range(len(self.plan.groups))
+                for j in range(self.plan.workers)
             ]
         softmax_pass(
             self.xp,

@@ -418,7 +418,7 @@ def test_chunked_and_threaded_passes_equal_reference(monkeypatch, shape):
     y = rng.integers(0, shape[1], lshape).astype(float)
     y.reshape(-1)[::5] = 255
     loss, diff, layer, *_ = run(swl("ignore_label: 255"), [x, y])
-    assert len(layer.plan.chunks) > 2 and len(layer.plan.groups) == 2
+    assert len(layer.plan.chunks) > 2 and layer.plan.workers == 2
     ref_loss, ref_diff = reference(x, y, ignore=255)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
     np.testing.assert_allclose(diff, ref_diff, rtol=1e-10, atol=1e-15)
@@ -508,7 +508,7 @@ def test_bad_label_found_by_a_worker_thread_is_raised(monkeypatch):
     y = np.zeros(40)
     y[37] = 7  # in the second thread's chunks
     layer, bottom, top = make_layer(swl(), [x, y])
-    assert len(layer.plan.groups) == 2
+    assert layer.plan.workers == 2
     with pytest.raises(LabelError, match=r"label 7 at index \(37,\)"):
         layer.forward(bottom, top)
 
