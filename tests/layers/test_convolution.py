@@ -25,7 +25,7 @@ CASES = [
 ]
 
 
-@pytest.fixture(params=["auto", "nchw", "chwn"])
+@pytest.fixture(params=["auto", "nchw", "chwn", "hybrid"])
 def layout(request, monkeypatch):
     """Run with the automatic plan choice and with each 2-D plan forced, tiles of ~300 values
     (many row/image tiles)."""
@@ -244,18 +244,17 @@ def test_given_weights_of_wrong_shape_are_rejected():
 
 
 def test_plan_choice():
-    geom = functional.ConvGeometry((5, 5), (1, 1), (0, 0), (1, 1), (28, 28))
-    assert isinstance(
-        functional.make_conv_plan(np, np.float32, 64, 1, 20, geom, 1), functional.Conv2dDirectPlan
-    )
-    geom = functional.ConvGeometry((5, 5), (1, 1), (0, 0), (1, 1), (12, 12))
-    assert isinstance(
-        functional.make_conv_plan(np, np.float32, 64, 20, 50, geom, 1), functional.Conv2dPlan
-    )
-    geom = functional.ConvGeometry((1, 1), (1, 1), (0, 0), (1, 1), (7, 7))
-    assert isinstance(
-        functional.make_conv_plan(np, np.float32, 2, 8, 4, geom, 1), functional.Conv1x1Plan
-    )
+    def plan(n, c, o, hw, k=5, stride=1, pad=0, group=1):
+        geom = functional.ConvGeometry((k, k), (stride,) * 2, (pad,) * 2, (1, 1), (hw, hw))
+        return functional.make_conv_plan(np, np.float32, n, c, o, geom, group)
+
+    assert isinstance(plan(64, 1, 20, 28), functional.Conv2dDirectPlan)  # LeNet conv1
+    hybrid = plan(64, 20, 50, 12)  # LeNet conv2: direct forward, batch-innermost backward
+    assert isinstance(hybrid, functional.Conv2dHybridPlan)
+    assert isinstance(hybrid.bwd, functional.Conv2dPlan)
+    assert isinstance(plan(10, 96, 256, 27, pad=2, group=2), functional.Conv2dDirectPlan)
+    assert isinstance(plan(10, 3, 96, 227, k=11, stride=4), functional.Conv2dDirectPlan)
+    assert isinstance(plan(2, 8, 4, 7, k=1), functional.Conv1x1Plan)
 
 
 def test_parallel_helper_splits_and_nests(monkeypatch):

@@ -11,7 +11,7 @@ from tests.golden import replay
 from tests.helpers import check_gradient, make_layer, run_forward
 
 
-@pytest.fixture(params=["auto", "nchw", "chwn"])
+@pytest.fixture(params=["auto", "nchw", "chwn", "hybrid"])
 def layout(request, monkeypatch):
     monkeypatch.setattr(functional, "CONV_LAYOUT", request.param)
     if request.param != "auto":  # many tiles, shared by two threads
