@@ -89,11 +89,17 @@ _blas = _BlasThreads()
 _state = threading.local()
 
 
-def parallel(fn, n: int, work: int = 1 << 30, gemm: bool = False) -> None:
-    """Run ``fn(start, stop)`` over ``range(n)`` in NUM_THREADS contiguous parts at once (the
-    calling thread takes the first part); one call ``fn(0, n)`` when ``work`` (elements touched)
-    is small or there is one thread. ``gemm``: the parts call BLAS, which then runs one thread
-    per part (NumPy's OpenBLAS is limited to 1 thread meanwhile)."""
+def parallel(fn, n: int, work: int = 1 << 30, gemm: bool = False, dynamic: bool = False) -> None:
+    """Run ``fn(start, stop)`` over ``range(n)`` on NUM_THREADS threads (the calling thread is
+    one of them); one call ``fn(0, n)`` when ``work`` (elements touched) is small or there is
+    one thread.
+
+    Static (default): one contiguous part per thread, so per-thread partial sums cover fixed
+    ranges and add up in a fixed order. ``dynamic``: threads take the next unit when free
+    (``fn(i, i + 1)``), so a thread slowed by a busy core does not hold the others back; only
+    for work without per-thread partial sums. ``gemm``: the parts call BLAS, which then runs
+    one thread per part (NumPy's OpenBLAS is limited to 1 thread meanwhile).
+    """
     parts = min(NUM_THREADS, n)
     if parts < 2 or work < PARALLEL_MIN_ELEMS or getattr(_state, "busy", False):
         fn(0, n)  # (nested calls run serially: the pool's threads are already taken)
@@ -103,11 +109,23 @@ def parallel(fn, n: int, work: int = 1 << 30, gemm: bool = False) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         _pool = ThreadPoolExecutor(NUM_THREADS - 1, thread_name_prefix="minicaffe")
+    if dynamic:
+        import itertools
+
+        counter = itertools.count()  # next() is atomic under the GIL
+
+        def body(_a, _b):
+            for i in iter(counter.__next__, None):
+                if i >= n:
+                    return
+                fn(i, i + 1)
+    else:
+        body = fn
 
     def part(a, b):
         _state.busy = True
         try:
-            fn(a, b)
+            body(a, b)
         finally:
             _state.busy = False
 
@@ -400,7 +418,7 @@ def copy_slabs(dst, src, axis: int, slab_elems: int = 1 << 16) -> None:
             sl = lead + (slice(a, a + step),)
             dst[sl] = src[sl]
 
-    parallel(run, len(starts), dst.size)
+    parallel(run, len(starts), dst.size, dynamic=True)
 
 
 class _Tiled(ConvPlan):
@@ -414,11 +432,11 @@ class _Tiled(ConvPlan):
             scratch = self._locals[key] = make()
         return scratch
 
-    def _run(self, fn, n: int, work: int, threads: bool = True) -> None:
+    def _run(self, fn, n: int, work: int, dynamic: bool = False) -> None:
         """``fn(start, stop)`` over ``n`` tiles, split between threads on NumPy (BLAS one thread
-        per tile then)."""
-        if self.xp is np and threads:
-            parallel(fn, n, work, gemm=True)
+        per tile then); ``dynamic`` for passes without per-thread partial sums."""
+        if self.xp is np:
+            parallel(fn, n, work, gemm=True, dynamic=dynamic)
         else:
             fn(0, n)
 
@@ -588,7 +606,7 @@ class Conv2dPlan(_Tiled):
                     yt += b3
                 self._scatter_y(yt, y, h0, h1)
 
-        self._run(run, len(self.tiles), self.work)
+        self._run(run, len(self.tiles), self.work, dynamic=True)
 
     def _dxb(self, sc):
         """This thread's zeroed (C, Hp, Wp, N) buffer for the column-gradient scatter-adds."""
@@ -761,7 +779,7 @@ class Conv2dDirectPlan(_Tiled):
                     y3 = y[n0:n1].reshape(n1 - n0, self.o, self.p)
                     y3 += b3
 
-        self._run(run, len(self.chunks), self.work)
+        self._run(run, len(self.chunks), self.work, dynamic=True)
 
     def backward(self, w2, dy, dw=None, dx=None, db=None, x=None, x_loaded=False) -> None:
         xp = self.xp
@@ -1008,7 +1026,7 @@ class PoolPlan:
                 fn(scratch, *(arr[a:b] for arr in arrays))
 
         if self.xp is np:
-            parallel(run, len(chunks), math.prod(self.shape))
+            parallel(run, len(chunks), math.prod(self.shape), dynamic=True)
         else:
             run(0, len(chunks))
 

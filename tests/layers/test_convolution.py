@@ -271,3 +271,11 @@ def test_parallel_helper_splits_and_nests(monkeypatch):
 
     functional.parallel(outer, 2, gemm=True)
     assert sorted(seen) == [("inner", 0, 4), ("inner", 0, 4), ("outer", 0, 1), ("outer", 1, 2)]
+
+
+def test_parallel_dynamic_covers_every_unit_once(monkeypatch):
+    monkeypatch.setattr(functional, "PARALLEL_MIN_ELEMS", 0)
+    monkeypatch.setattr(functional, "NUM_THREADS", 2)
+    seen = []
+    functional.parallel(lambda a, b: seen.append((a, b)), 7, dynamic=True)
+    assert sorted(seen) == [(i, i + 1) for i in range(7)]
