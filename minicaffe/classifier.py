@@ -41,6 +41,27 @@ def _preprocess_batch(transformer, name: str, images: np.ndarray) -> np.ndarray:
     return out
 
 
+def input_transformer(net, model_file, mean, input_scale, raw_scale, channel_swap) -> str:
+    """Give ``net`` (a Classifier or Detector) a Transformer for its first input, configured as
+    pycaffe's constructors do (HxWxC images in, CxHxW blobs out); returns the input's name."""
+    if not net.inputs:
+        raise ShapeError(
+            f"{type(net).__name__} needs a net with an input blob; {model_file} has none"
+        )
+    in_ = net.inputs[0]
+    net.transformer = caffe_io.Transformer({in_: net.blobs[in_].shape})
+    net.transformer.set_transpose(in_, (2, 0, 1))
+    if mean is not None:
+        net.transformer.set_mean(in_, mean)
+    if input_scale is not None:
+        net.transformer.set_input_scale(in_, input_scale)
+    if raw_scale is not None:
+        net.transformer.set_raw_scale(in_, raw_scale)
+    if channel_swap is not None:
+        net.transformer.set_channel_swap(in_, channel_swap)
+    return in_
+
+
 class Classifier(Net):
     """A TEST-phase Net with image preprocessing and ``predict``.
 
@@ -61,19 +82,7 @@ class Classifier(Net):
         **net_kwargs,
     ):
         Net.__init__(self, model_file, pretrained_file, TEST, **net_kwargs)
-        if not self.inputs:
-            raise ShapeError(f"Classifier needs a net with an input blob; {model_file} has none")
-        in_ = self.inputs[0]
-        self.transformer = caffe_io.Transformer({in_: self.blobs[in_].shape})
-        self.transformer.set_transpose(in_, (2, 0, 1))
-        if mean is not None:
-            self.transformer.set_mean(in_, mean)
-        if input_scale is not None:
-            self.transformer.set_input_scale(in_, input_scale)
-        if raw_scale is not None:
-            self.transformer.set_raw_scale(in_, raw_scale)
-        if channel_swap is not None:
-            self.transformer.set_channel_swap(in_, channel_swap)
+        in_ = input_transformer(self, model_file, mean, input_scale, raw_scale, channel_swap)
         self.crop_dims = np.array(self.blobs[in_].shape[2:])
         self.image_dims = np.array(
             image_dims if image_dims is not None and len(image_dims) else self.crop_dims

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from minicaffe import io as caffe_io
-from minicaffe.classifier import _preprocess_batch
+from minicaffe.classifier import _preprocess_batch, input_transformer
 from minicaffe.errors import MinicaffeError, ShapeError
 from minicaffe.net import TEST, Net
 
@@ -37,19 +37,7 @@ class Detector(Net):
         **net_kwargs,
     ):
         Net.__init__(self, model_file, pretrained_file, TEST, **net_kwargs)
-        if not self.inputs:
-            raise ShapeError(f"Detector needs a net with an input blob; {model_file} has none")
-        in_ = self.inputs[0]
-        self.transformer = caffe_io.Transformer({in_: self.blobs[in_].shape})
-        self.transformer.set_transpose(in_, (2, 0, 1))
-        if mean is not None:
-            self.transformer.set_mean(in_, mean)
-        if input_scale is not None:
-            self.transformer.set_input_scale(in_, input_scale)
-        if raw_scale is not None:
-            self.transformer.set_raw_scale(in_, raw_scale)
-        if channel_swap is not None:
-            self.transformer.set_channel_swap(in_, channel_swap)
+        input_transformer(self, model_file, mean, input_scale, raw_scale, channel_swap)
         self.configure_crop(context_pad)
 
     def detect_windows(self, images_windows):

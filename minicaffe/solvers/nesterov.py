@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from minicaffe.solver import Solver, register_solver
+from minicaffe.solvers.sgd import SGDSolver
 
 
 @register_solver("Nesterov")
@@ -29,15 +30,5 @@ class NesterovSolver(Solver):
 
     fused_rule = "nesterov"
 
-    def fused_update(self, pick, pid, lr, decay, scale) -> None:
-        blob = self.net.learnable_params[pid]
-        pick("nesterov_update")(
-            blob.data,
-            blob.diff,
-            self.history[pid],
-            lr=lr,
-            momentum=self.param.momentum,
-            decay=decay,
-            regularization=self.param.regularization_type,
-            scale=scale,
-        )
+    # same arguments as SGD's kernel (lr, momentum, decay, regularization, scale)
+    fused_update = SGDSolver.fused_update

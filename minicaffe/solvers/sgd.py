@@ -27,8 +27,9 @@ class SGDSolver(Solver):
     fused_rule = "sgd"
 
     def fused_update(self, pick, pid, lr, decay, scale) -> None:
+        """One fused kernel per parameter; shared by the momentum rules (SGD, Nesterov)."""
         blob = self.net.learnable_params[pid]
-        pick("sgd_update")(
+        pick(f"{self.fused_rule}_update")(
             blob.data,
             blob.diff,
             self.history[pid],
