@@ -415,8 +415,8 @@ class Targets:
 
     ``labels`` (:class:`Labels`); ``idx``: flat index into x of every position's true-class
     entry (class 0 at ignored positions); ``w4``: the normalized class weights (4-D view) or
-    None; ``a_true``: the weight of each position's true-class term, zero where ignored (None
-    when every position weighs 1); ``n``: the normalizer. When built with ``defer``, the
+    None; ``a_true``: the weight of each position's true-class term (float), zero where ignored
+    (None when every position weighs 1); ``n``: the normalizer. When built with ``defer``, the
     positions are filled range by range (:meth:`ClassLossBase.fill_targets`, e.g. from the
     chunks of a pass) and ``labels.count`` is summed by :meth:`ClassLossBase.finish`.
     """
@@ -501,7 +501,8 @@ class ClassLossBase(LossBase):
         t.labels = Labels(self.scratch("y", (n,), np.intp), valid, None)
         t.idx = self.scratch("idx", (n,), np.intp)
         t.w4 = self.class_weights(bottom) if isinstance(w4, str) else w4
-        t.a_true = valid if t.w4 is None else self.scratch("wy", (n,))
+        # a float array (not the bool mask): products with it stay in the layer's dtype
+        t.a_true = None if valid is None and t.w4 is None else self.scratch("wy", (n,))
         t.source, t.counts, t.n = bottom[1].data, [], None
         if not defer:
             self.fill_targets(t, 0, n)
@@ -522,6 +523,8 @@ class ClassLossBase(LossBase):
             self._gather(t.w4, labels.y[a:b], idx, t.a_true[a:b])
             if labels.valid is not None:
                 t.a_true[a:b] *= labels.valid[a:b]
+        elif t.a_true is not None:
+            xp.copyto(t.a_true[a:b], labels.valid[a:b])
 
     def _gather(self, w4, y, idx, out):
         """w[y] at positions, from the 4-D weight view (per class, one sample or full)."""

@@ -138,8 +138,7 @@ class SoftmaxWithLossLayer(ClassLossBase):
         chunk = None
         if not keep:
             chunk = [
-                self.scratch(f"chunk{j}", (self.plan.chunk_size,))
-                for j in range(self.plan.workers)
+                self.scratch(f"chunk{j}", (self.plan.chunk_size,)) for j in range(self.plan.workers)
             ]
         softmax_pass(
             self.xp,
@@ -189,11 +188,9 @@ class SoftmaxWithLossLayer(ClassLossBase):
 
         def pre(a, b):  # the factors and label entries of positions a..b-1
             f = factor[a:b]
-            if a_all is None:
-                xp.multiply(inv[a:b], scale, out=f)
-            else:
-                xp.multiply(a_all[a:b], scale, out=f)
-                f *= inv[a:b]
+            xp.multiply(inv[a:b], scale, out=f)
+            if a_all is not None:
+                f *= a_all[a:b]
             if t.a_true is not None:
                 xp.multiply(t.a_true[a:b], true_coef, out=sub[a:b])
 
