@@ -30,6 +30,9 @@ import numpy as np
 
 # Column-buffer budget (elements) of one tile of the 2-D convolution plan on the CPU.
 TILE_ELEMS = int(os.environ.get("MINICAFFE_CONV_TILE", 1 << 19))
+# 2-D layers whose whole-batch column matrix holds at most this many elements run as one GEMM
+# (OpenBLAS threads itself) and the backward reuses the forward's columns (0 turns this off).
+WHOLE_ELEMS = int(os.environ.get("MINICAFFE_CONV_WHOLE", 1 << 22))
 
 
 # Threads for splitting large NumPy copies and elementwise passes (they release the GIL); BLAS
@@ -497,6 +500,7 @@ class Conv2dPlan(_Tiled):
             )
         self.dx_plan = None
         self.wflip = None
+        self._col_of = None  # (thread, input address) whose columns the scratch holds
 
     def _scratch(self):
         xp, g, n = self.xp, self.g, self.rows * self.wo * self.n
@@ -593,6 +597,8 @@ class Conv2dPlan(_Tiled):
         xp = self.xp
         if load:
             self.load(x)
+        # one tile: its columns stay in the scratch for the weight gradient of the backward
+        self._col_of = _address_key(x) if len(self.tiles) == 1 else None
         wt = _t(w2.reshape(self.g, self.og, self.kg))  # (G, K/G, O/G)
         b3 = None if bias is None else bias.reshape(self.g, 1, self.og)
 
@@ -618,6 +624,8 @@ class Conv2dPlan(_Tiled):
 
     def backward(self, w2, dy, dw=None, dx=None, db=None, x=None, x_loaded=False) -> None:
         xp, g = self.xp, self.g
+        reuse = x_loaded and self._col_of is not None and self._col_of == _address_key(x)
+        self._col_of = None  # the data gradient below may overwrite the columns
         if dw is not None and not (x_loaded and self._loaded):
             self.load(x)
         flip = dx is not None and self.flip_geom is not None
@@ -638,7 +646,8 @@ class Conv2dPlan(_Tiled):
                     if not first:
                         sc["db"][0] += sc["db"][1]
                 if dw is not None:
-                    self._im2col(h0, h1, col)
+                    if not reuse:
+                        self._im2col(h0, h1, col)
                     _gemm(xp, col, dyt, sc["dw"][k])  # dW^T (G, K/G, O/G)
                     if not first:
                         sc["dw"][0] += sc["dw"][1]
@@ -674,6 +683,7 @@ class Conv2dPlan(_Tiled):
             plan.forward(dy, wf, dx, bias)
             return
         xp = self.xp
+        self._col_of = None
         w3 = w2.reshape(self.g, self.og, self.kg)
         sc = self._local(self._scratch)
         dxb = self._dxb(sc)
@@ -685,6 +695,13 @@ class Conv2dPlan(_Tiled):
         self._scatter_dx(dx, dxb)
         if bias is not None:
             dx += bias.reshape(1, -1, 1, 1)
+
+
+def _address_key(x):
+    """(this thread, address and shape of ``x``): identifies the input whose columns a plan holds
+    (the layer's bottom does not move between its forward and backward)."""
+    ptr = x.ctypes.data if isinstance(x, np.ndarray) else x.data.ptr
+    return threading.get_ident(), ptr, x.shape, x.strides
 
 
 def _slab_loop(dst, src, axis: int, slab_elems: int) -> None:
@@ -854,6 +871,9 @@ def make_conv_plan(
         return Conv1x1Plan(xp, dtype, num, channels, num_output, geom, group)
     if len(geom.kernel) == 2 and not force_nd:
         args = (xp, dtype, num, channels, num_output, geom, group)
+        whole = channels * geom.kernel_count * math.prod(geom.out_size) * num
+        if CONV_LAYOUT == "auto" and xp is np and channels > 4 and whole <= WHOLE_ELEMS:
+            return Conv2dPlan(*args, tile_elems=whole)
         if CONV_LAYOUT == "chwn":
             return Conv2dPlan(*args)
         direct = Conv2dDirectPlan(*args)

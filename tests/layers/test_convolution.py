@@ -249,12 +249,50 @@ def test_plan_choice():
         return functional.make_conv_plan(np, np.float32, n, c, o, geom, group)
 
     assert isinstance(plan(64, 1, 20, 28), functional.Conv2dDirectPlan)  # LeNet conv1
-    hybrid = plan(64, 20, 50, 12)  # LeNet conv2: direct forward, batch-innermost backward
+    whole = plan(64, 20, 50, 12)  # LeNet conv2: the whole batch in one batch-innermost tile
+    assert isinstance(whole, functional.Conv2dPlan) and len(whole.tiles) == 1
+    hybrid = plan(100, 32, 32, 16, pad=2)  # cifar10 conv2: columns above WHOLE_ELEMS
     assert isinstance(hybrid, functional.Conv2dHybridPlan)
     assert isinstance(hybrid.bwd, functional.Conv2dPlan)
     assert isinstance(plan(10, 96, 256, 27, pad=2, group=2), functional.Conv2dDirectPlan)
     assert isinstance(plan(10, 3, 96, 227, k=11, stride=4), functional.Conv2dDirectPlan)
     assert isinstance(plan(2, 8, 4, 7, k=1), functional.Conv1x1Plan)
+
+
+def test_whole_batch_plan_reuses_forward_columns_only_for_the_same_input():
+    rng = np.random.default_rng(3)
+    geom = functional.ConvGeometry((3, 3), (1, 1), (1, 1), (1, 1), (6, 5))
+    plan = functional.make_conv_plan(np, np.float64, 3, 6, 4, geom, 1)
+    assert isinstance(plan, functional.Conv2dPlan) and len(plan.tiles) == 1
+    x1, x2 = rng.standard_normal((2, 3, 6, 6, 5))
+    w2 = rng.standard_normal((4, 54))
+    dy = rng.standard_normal((3, 4, 6, 5))
+    y = np.empty((3, 4, 6, 5))
+
+    def grads(x_fwd, x_bwd):
+        dw, dx = np.zeros_like(w2), np.empty_like(x_bwd)
+        plan.forward(x_fwd, w2, y)
+        plan.backward(w2, dy, dw=dw, dx=dx, x=x_bwd, x_loaded=x_fwd is x_bwd)
+        return dw, dx
+
+    ref_dw = np.einsum("nohw,nckhw->ock", dy, _columns(x2, 3)).reshape(4, 54)
+    for x_fwd in (x2, x1):  # reused columns, then columns rebuilt for another input
+        dw, _ = grads(x_fwd, x2)
+        np.testing.assert_allclose(dw, ref_dw, rtol=1e-12, atol=1e-12)
+    # the data gradient overwrote the columns: a second backward must rebuild them
+    plan.forward(x2, w2, y)
+    dw1, dw2 = np.zeros_like(w2), np.zeros_like(w2)
+    plan.backward(w2, dy, dw=dw1, dx=np.empty_like(x2), x=x2, x_loaded=True)
+    plan.backward(w2, dy, dw=dw2, x=x2, x_loaded=True)
+    np.testing.assert_allclose(dw2, ref_dw, rtol=1e-12, atol=1e-12)
+
+
+def _columns(x, k):
+    """(N, C, k*k, H, W) columns of a 'same'-padded stride-1 k x k convolution."""
+    p = k // 2
+    xp_ = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    h, w = x.shape[2:]
+    return np.stack([xp_[:, :, i : i + h, j : j + w] for i in range(k) for j in range(k)], axis=2)
 
 
 def test_parallel_helper_splits_and_nests(monkeypatch):
