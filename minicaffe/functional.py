@@ -697,11 +697,12 @@ class Conv2dPlan(_Tiled):
             dx += bias.reshape(1, -1, 1, 1)
 
 
-def _address_key(x):
+def _address_key(x, thread: bool = True):
     """(this thread, address and shape of ``x``): identifies the input whose columns a plan holds
-    (the layer's bottom does not move between its forward and backward)."""
+    (the layer's bottom does not move between its forward and backward); ``thread``: the
+    columns sit in this thread's scratch."""
     ptr = x.ctypes.data if isinstance(x, np.ndarray) else x.data.ptr
-    return threading.get_ident(), ptr, x.shape, x.strides
+    return threading.get_ident() if thread else None, ptr, x.shape, x.strides
 
 
 def _slab_loop(dst, src, axis: int, slab_elems: int) -> None:
@@ -740,13 +741,25 @@ class Conv2dDirectPlan(_Tiled):
         self.chunks = [(n0, min(num, n0 + nb)) for n0 in range(0, num, nb)]
         self.work = num * self.k_total * self.p
         self._locals: dict = {}
+        # columns of the whole batch when they fit WHOLE_ELEMS: chunks (on any thread) write
+        # their part, and the backward reuses them for the weight gradient
+        self.full_col = None
+        if xp is np and self.work <= WHOLE_ELEMS:
+            self.full_col = xp.empty((num, group, self.k_total // group, self.p), dtype)
+        self._col_of = None  # address of the input whose columns full_col holds
+
+    def _chunk_col(self, sc, n0, n1):
+        """The column buffer of images n0:n1, (b, G, K/G, H_out * W_out)."""
+        return sc["col"][: n1 - n0] if self.full_col is None else self.full_col[n0:n1]
 
     def _scratch(self):
         xp, nb, g = self.xp, self.nb, self.g
         pad = any(self.geom.pad)
         wshape = (g, self.o // g, self.k_total // g)
         return {
-            "col": xp.empty((nb, g, self.k_total // g, self.p), self.dtype),
+            "col": None
+            if self.full_col is not None
+            else xp.empty((nb, g, self.k_total // g, self.p), self.dtype),
             "xpad": xp.zeros((nb, self.c) + self.geom.padded_size, self.dtype) if pad else None,
             "dxpad": xp.zeros((nb, self.c) + self.geom.padded_size, self.dtype) if pad else None,
             "dwb": xp.empty((nb,) + wshape, self.dtype),
@@ -785,11 +798,12 @@ class Conv2dDirectPlan(_Tiled):
         xp = self.xp
         wg = w2.reshape(self.g, self.o // self.g, -1)
         b3 = None if bias is None else bias.reshape(1, -1, 1)
+        self._col_of = None if self.full_col is None else _address_key(x, thread=False)
 
         def run(i, j):
             sc = self._local(self._scratch)
             for n0, n1 in self.chunks[i:j]:
-                col = sc["col"][: n1 - n0]
+                col = self._chunk_col(sc, n0, n1)
                 self._im2col(sc, x[n0:n1], col)
                 xp.matmul(wg, col, out=self._split(y[n0:n1], self.o))
                 if b3 is not None:
@@ -803,6 +817,9 @@ class Conv2dDirectPlan(_Tiled):
         wg = w2.reshape(self.g, self.o // self.g, -1)
         if db is not None:
             db += dy.reshape(self.n, self.o, self.p).sum(axis=(0, 2))
+        key = self._col_of
+        reuse = x_loaded and key is not None and key == _address_key(x, thread=False)
+        self._col_of = None  # the data gradient below may overwrite the columns
         accs = []
 
         def run(i, j):
@@ -810,9 +827,10 @@ class Conv2dDirectPlan(_Tiled):
             first = True
             for n0, n1 in self.chunks[i:j]:
                 b = n1 - n0
-                col, dyc = sc["col"][:b], self._split(dy[n0:n1], self.o)
+                col, dyc = self._chunk_col(sc, n0, n1), self._split(dy[n0:n1], self.o)
                 if dw is not None:
-                    self._im2col(sc, x[n0:n1], col)
+                    if not reuse:
+                        self._im2col(sc, x[n0:n1], col)
                     xp.matmul(dyc, col.transpose(0, 1, 3, 2), out=sc["dwb"][:b])
                     xp.sum(sc["dwb"][:b], axis=0, out=sc["dw"][0 if first else 1])
                     if not first:

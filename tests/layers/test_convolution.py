@@ -259,13 +259,21 @@ def test_plan_choice():
     assert isinstance(plan(2, 8, 4, 7, k=1), functional.Conv1x1Plan)
 
 
-def test_whole_batch_plan_reuses_forward_columns_only_for_the_same_input():
+@pytest.mark.parametrize("c", [6, 2])  # the batch-innermost plan, the direct NCHW plan
+def test_whole_batch_plan_reuses_forward_columns_only_for_the_same_input(c, monkeypatch):
+    monkeypatch.setattr(functional, "TILE_ELEMS", 200)  # direct plan: chunks of 1 image
+    monkeypatch.setattr(functional, "PARALLEL_MIN_ELEMS", 0)
+    monkeypatch.setattr(functional, "NUM_THREADS", 2)
     rng = np.random.default_rng(3)
     geom = functional.ConvGeometry((3, 3), (1, 1), (1, 1), (1, 1), (6, 5))
-    plan = functional.make_conv_plan(np, np.float64, 3, 6, 4, geom, 1)
-    assert isinstance(plan, functional.Conv2dPlan) and len(plan.tiles) == 1
-    x1, x2 = rng.standard_normal((2, 3, 6, 6, 5))
-    w2 = rng.standard_normal((4, 54))
+    plan = functional.make_conv_plan(np, np.float64, 3, c, 4, geom, 1)
+    if c > 4:
+        assert isinstance(plan, functional.Conv2dPlan) and len(plan.tiles) == 1
+    else:
+        assert isinstance(plan, functional.Conv2dDirectPlan) and plan.full_col is not None
+        assert len(plan.chunks) == 3
+    x1, x2 = rng.standard_normal((2, 3, c, 6, 5))
+    w2 = rng.standard_normal((4, c * 9))
     dy = rng.standard_normal((3, 4, 6, 5))
     y = np.empty((3, 4, 6, 5))
 
@@ -275,7 +283,7 @@ def test_whole_batch_plan_reuses_forward_columns_only_for_the_same_input():
         plan.backward(w2, dy, dw=dw, dx=dx, x=x_bwd, x_loaded=x_fwd is x_bwd)
         return dw, dx
 
-    ref_dw = np.einsum("nohw,nckhw->ock", dy, _columns(x2, 3)).reshape(4, 54)
+    ref_dw = np.einsum("nohw,nckhw->ock", dy, _columns(x2, 3)).reshape(4, c * 9)
     for x_fwd in (x2, x1):  # reused columns, then columns rebuilt for another input
         dw, _ = grads(x_fwd, x2)
         np.testing.assert_allclose(dw, ref_dw, rtol=1e-12, atol=1e-12)
