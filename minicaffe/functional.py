@@ -602,6 +602,19 @@ class Conv2dPlan(_Tiled):
         wt = _t(w2.reshape(self.g, self.og, self.kg))  # (G, K/G, O/G)
         b3 = None if bias is None else bias.reshape(self.g, 1, self.og)
 
+        if len(self.tiles) == 1:  # one tile: (O, positions) = W @ columns (measured faster)
+            sc = self._local(self._scratch)
+            col = self._tile_col(sc, 0, self.ho)
+            positions = self.ho * self.wo
+            yo = sc["y"].reshape(self.g, self.og, -1)
+            self._im2col(0, self.ho, col)
+            _gemm(xp, w2.reshape(self.g, self.og, self.kg), col, yo)
+            if bias is not None:
+                yo += bias.reshape(self.g, self.og, 1)
+            src = yo.reshape(self.o, positions, self.n).transpose(2, 0, 1)
+            _slab_loop(y.reshape(self.n, self.o, positions), src, 1, 1 << 14)
+            return
+
         def run(i, j):
             sc = self._local(self._scratch)
             for h0, h1 in self.tiles[i:j]:
