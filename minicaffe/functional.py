@@ -527,22 +527,43 @@ class Conv2dPlan(_Tiled):
         n = self.o * (h1 - h0) * self.wo * self.n
         return sc["y"][:n].reshape(self.g, -1, self.og)
 
-    def _im2col(self, h0, h1, col) -> None:
+    def _im2col(self, h0, h1, col, c0=0, c1=None) -> None:
+        """Columns of output rows h0:h1 (input channels c0:c1, ``col`` holding only those)."""
         (kh, kw), (sh, sw), (dh, dw) = self.geom.kernel, self.geom.stride, self.geom.dilation
-        xb = self.xb[:, h0 * sh :]
+        c1 = self.c if c1 is None else c1
+        xb = self.xb[c0:c1, h0 * sh :]
         s = xb.strides
         view = as_strided(
             self.xp,
             xb,
-            (self.c, kh, kw, h1 - h0, self.wo, self.n),
+            (c1 - c0, kh, kw, h1 - h0, self.wo, self.n),
             (s[0], dh * s[1], dw * s[2], sh * s[1], sw * s[2], s[3]),
         )
         col.reshape(view.shape)[...] = view
 
+    def _by_channels(self, fn) -> None:
+        """``fn(c0, c1)`` over input-channel ranges shared by threads (one-tile plans: the
+        copies of disjoint channels are independent)."""
+        if self.xp is np and len(self.tiles) == 1:
+            parallel(fn, self.c, self.work, dynamic=False)
+        else:
+            fn(0, self.c)
+
+    def _im2col_all(self, col) -> None:
+        kk = self.geom.kernel_count * self.ho * self.wo * self.n
+        flat = col.reshape(-1)
+        self._by_channels(lambda a, b: self._im2col(0, self.ho, flat[a * kk : b * kk], a, b))
+
+    def _col2im_all(self, col, dxb) -> None:
+        kk = self.geom.kernel_count * self.ho * self.wo * self.n
+        flat = col.reshape(-1)
+        self._by_channels(lambda a, b: self._col2im(flat[a * kk : b * kk], 0, self.ho, dxb[a:b]))
+
     def _col2im(self, col, h0, h1, dxb) -> None:
+        """dxb (channels, Hp, Wp, N) += the columns of output rows h0:h1 at their positions."""
         (kh, kw), (sh, sw), (dh, dw) = self.geom.kernel, self.geom.stride, self.geom.dilation
         rows = h1 - h0
-        c6 = col.reshape(self.c, kh, kw, rows, self.wo, self.n)
+        c6 = col.reshape(-1, kh, kw, rows, self.wo, self.n)
         for i in range(kh):
             r0 = h0 * sh + i * dh
             for j in range(kw):
@@ -607,7 +628,7 @@ class Conv2dPlan(_Tiled):
             col = self._tile_col(sc, 0, self.ho)
             positions = self.ho * self.wo
             yo = sc["y"].reshape(self.g, self.og, -1)
-            self._im2col(0, self.ho, col)
+            self._im2col_all(col)
             _gemm(xp, w2.reshape(self.g, self.og, self.kg), col, yo)
             if bias is not None:
                 yo += bias.reshape(self.g, self.og, 1)
@@ -666,7 +687,10 @@ class Conv2dPlan(_Tiled):
                         sc["dw"][0] += sc["dw"][1]
                 if dx is not None:
                     _gemm(xp, _t(w3), _t(dyt), col)
-                    self._col2im(col, h0, h1, dxb)
+                    if len(self.tiles) == 1:
+                        self._col2im_all(col, dxb)
+                    else:
+                        self._col2im(col, h0, h1, dxb)
                 first = False
             if not first:
                 accs.append((i, sc))

@@ -284,9 +284,17 @@ def test_whole_batch_plan_reuses_forward_columns_only_for_the_same_input(c, monk
         return dw, dx
 
     ref_dw = np.einsum("nohw,nckhw->ock", dy, _columns(x2, 3)).reshape(4, c * 9)
+    # dx: each top-diff value spread back over its 3x3 window (pad 1)
+    w5 = w2.reshape(4, c, 3, 3)
+    ref_dx = np.zeros((3, c, 8, 7))
+    for i in range(3):
+        for j in range(3):
+            ref_dx[:, :, i : i + 6, j : j + 5] += np.einsum("nohw,oc->nchw", dy, w5[:, :, i, j])
+    ref_dx = ref_dx[:, :, 1:7, 1:6]
     for x_fwd in (x2, x1):  # reused columns, then columns rebuilt for another input
-        dw, _ = grads(x_fwd, x2)
+        dw, dx = grads(x_fwd, x2)
         np.testing.assert_allclose(dw, ref_dw, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(dx, ref_dx, rtol=1e-12, atol=1e-12)
     # the data gradient overwrote the columns: a second backward must rebuild them
     plan.forward(x2, w2, y)
     dw1, dw2 = np.zeros_like(w2), np.zeros_like(w2)
