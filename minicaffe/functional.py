@@ -604,7 +604,7 @@ class Conv2dPlan(_Tiled):
                 self.c,
                 self.flip_geom,
                 self.g,
-                self.tile_elems,
+                None if len(self.tiles) == 1 else self.tile_elems,  # (one tile: default chunks)
             )
             self.wflip = self.xp.empty((self.c, self.og * self.geom.kernel_count), self.dtype)
         kh, kw = self.geom.kernel
