@@ -10,6 +10,10 @@ what decides the time of a NumPy convolution is not the GEMM alone but the copie
   im2col copy moves runs of ``W_out * N`` contiguous values, in row tiles small enough that the
   column buffer stays in cache between the copy and the GEMM; GEMMs are oriented with the long
   output-position axis as rows (faster in OpenBLAS when there are few output channels).
+* Small stride-1 layers whose whole-batch columns fit WHOLE_ELEMS (LeNet conv2) run as a single
+  tile: one GEMM per direction with OpenBLAS's own threads, the forward's columns reused by the
+  weight gradient, im2col/col2im split by channel between threads. The direct plan likewise keeps
+  a whole-batch column buffer when it fits, for the backward (LeNet conv1).
 * First layers (1-3 input channels, wide outputs) keep NCHW and run one batched GEMM per chunk of
   images, which writes the top directly: there the transposes would cost more than the GEMM.
 * Stride-1 "same" convolutions take the data gradient as a convolution with the flipped kernel.
