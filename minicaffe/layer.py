@@ -195,6 +195,17 @@ class Layer:
         self.blobs.append(blob)
         return blob
 
+    def require_4d(self, blob: Blob) -> tuple[int, int, int, int]:
+        """The (num, channels, height, width) of ``blob``; ShapeError naming the layer if the
+        blob does not have exactly 4 axes."""
+        shape = blob.shape
+        if len(shape) != 4:
+            raise self.error(
+                f"input must have 4 axes (num, channels, height, width); received shape {shape}",
+                ShapeError,
+            )
+        return shape
+
     def canonical_axis(self, axis: int, num_axes: int) -> int:
         if not -num_axes <= axis < max(num_axes, 1):
             raise self.error(f"axis {axis} is out of range for {num_axes}-axis input", ShapeError)

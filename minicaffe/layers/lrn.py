@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from minicaffe.errors import ShapeError
 from minicaffe.functional import negative_power, window_sum
 from minicaffe.layer import Layer
 from minicaffe.registry import register_layer
@@ -39,12 +38,7 @@ class LRNLayer(Layer):
         self._shape = None
 
     def reshape(self, bottom, top):
-        shape = bottom[0].shape
-        if len(shape) != 4:
-            raise self.error(
-                f"input must have 4 axes (num, channels, height, width); received shape {shape}",
-                ShapeError,
-            )
+        shape = self.require_4d(bottom[0])
         if top[0] is bottom[0]:
             raise self.error("cannot run in place (backward needs both input and output)")
         top[0].reshape(shape)

@@ -101,12 +101,7 @@ class PoolingLayer(Layer):
         self._tracked = False
 
     def reshape(self, bottom, top):
-        shape = bottom[0].shape
-        if len(shape) != 4:
-            raise self.error(
-                f"input must have 4 axes (num, channels, height, width); received shape {shape}",
-                ShapeError,
-            )
+        shape = self.require_4d(bottom[0])
         n, c, h, w = shape
         kernel = (h, w) if self.global_pooling else self.kernel_param
         if (self.pad[0] or self.pad[1]) and (self.pad[0] >= kernel[0] or self.pad[1] >= kernel[1]):

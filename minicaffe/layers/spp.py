@@ -49,12 +49,7 @@ class SPPLayer(Layer):
         self._shape = None
 
     def reshape(self, bottom, top):
-        shape = bottom[0].shape
-        if len(shape) != 4:
-            raise self.error(
-                f"input must have 4 axes (num, channels, height, width); received shape {shape}",
-                ShapeError,
-            )
+        shape = self.require_4d(bottom[0])
         n, c, h, w = shape
         if h < 1 or w < 1:
             raise self.error(f"input height and width must be > 0; received {shape}", ShapeError)
