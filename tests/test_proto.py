@@ -176,6 +176,9 @@ MINICAFFE_FIELDS = {
     ("LayerParameter", "continuation_indicator_param"): 1001,
     ("LayerParameter", "ctc_loss_param"): 1002,
     ("LayerParameter", "labelsequence_accuracy_param"): 1003,
+    # py-faster-rcnn fork numbers, kept as the fork has them.
+    ("LayerParameter", "roi_pooling_param"): 8266711,
+    ("LayerParameter", "smooth_l1_loss_param"): 8266712,
 }
 
 
