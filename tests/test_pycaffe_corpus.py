@@ -162,7 +162,22 @@ def frcnn_path(monkeypatch):
            "layers (and their proto fields), which BVLC Caffe does not have")
 def test_faster_rcnn_full_net_builds(frcnn_path):
     net = Net(str(FRCNN / "train.prototxt"), TRAIN)
-    net.forward()
+    types = {name: type(layer).__name__ for name, layer in net.layer_dict.items()}
+    assert types["roi_pool_conv5"] == "ROIPoolingLayer"
+    assert types["rpn_loss_bbox"] == types["loss_bbox"] == "SmoothL1LossLayer"
+    assert net.layer_dict["rpn_loss_bbox"].sigma2 == 9.0  # sigma: 3.0
+    assert net.layer_dict["loss_bbox"].sigma2 == 1.0
+    out = net.forward()
+    assert net.blobs["roi_pool_conv5"].shape == (10, 256, 6, 6)
+    # conv1..conv5 and fc6/fc7 have no fillers (zeros): uniform softmaxes, zero box predictions
+    assert float(out["cls_loss"]) == pytest.approx(math.log(21), rel=1e-5)
+    assert float(out["rpn_cls_loss"]) == pytest.approx(math.log(2), rel=1e-5)
+    assert float(out["bbox_loss"]) == 0.0
+    assert np.isfinite(float(out["rpn_loss_bbox"])) and float(out["rpn_loss_bbox"]) > 0
+    net.clear_param_diffs()
+    net.backward()
+    assert np.any(net.params["cls_score"][1].diff != 0)
+    assert np.any(net.params["rpn_bbox_pred"][1].diff != 0)
 
 
 def test_faster_rcnn_python_layers_build_and_run(frcnn_path):
