@@ -18,6 +18,9 @@ class DropoutLayer(NeuronLayer):
     set_random_seed reproduces it; GPU: xp.random); TEST is the identity.
     Bottom: x, any shape. Top: y, same shape. In place allowed.
     Gradient: dx = dy * mask / (1 - p) at TRAIN, dy at TEST.
+
+    ``scale_train: false`` (a py-faster-rcnn fork field, used by its prototxts) moves the scaling
+    to TEST as the fork does: TRAIN y = x * mask, TEST y = x * (1 - p), gradients alike.
     """
 
     def setup(self, bottom, top):
@@ -25,13 +28,17 @@ class DropoutLayer(NeuronLayer):
         if not 0 <= p < 1:
             raise self.error(f"dropout_param.dropout_ratio must be in [0, 1); received {p}")
         self.ratio = p
-        self.scale = 1.0 / (1.0 - p)
+        scale_train = self.layer_param.dropout_param.scale_train
+        self.scale = 1.0 / (1.0 - p) if scale_train else 1.0  # applied to the TRAIN mask
+        self.test_scale = 1.0 if scale_train else 1.0 - p
         self.train = self.phase == caffe_pb2.TRAIN
 
     def forward(self, bottom, top):
         xp, x, y = self.xp, bottom[0].data, top[0].data
         if not self.train:
-            if top[0] is not bottom[0]:
+            if self.test_scale != 1.0:
+                xp.multiply(x, self.test_scale, out=y)
+            elif top[0] is not bottom[0]:
                 y[...] = x
             return
         mask = scratch(self, "mask", x.shape)  # holds mask / (1 - p)
@@ -48,7 +55,9 @@ class DropoutLayer(NeuronLayer):
             return
         xp, dy, dx = self.xp, top[0].diff, bottom[0].diff
         if not self.train:
-            if top[0] is not bottom[0]:
+            if self.test_scale != 1.0:
+                xp.multiply(dy, self.test_scale, out=dx)
+            elif top[0] is not bottom[0]:
                 dx[...] = dy
             return
         xp.multiply(dy, scratch(self, "mask", dy.shape), out=dx)

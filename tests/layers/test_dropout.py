@@ -103,3 +103,21 @@ def test_in_place(phase, xp):
 def test_bad_ratio(ratio):
     with pytest.raises(LayerError, match="dropout_ratio must be in"):
         make_layer(f"type: 'Dropout' dropout_param {{ dropout_ratio: {ratio} }}", [_x()])
+
+
+def test_scale_train_false_moves_the_scaling_to_test():
+    """py-faster-rcnn's scale_train: false: TRAIN keeps the mask unscaled, TEST scales by 1-p."""
+    x = np.random.default_rng(3).standard_normal((4, 50)) + 3.0
+    text = 'type: "Dropout" dropout_param { dropout_ratio: 0.25 scale_train: false }'
+    layer, bottom, top = make_layer(text, [x], phase=caffe_pb2.TRAIN)
+    y = run_forward(layer, bottom, top)[0]
+    kept = y != 0
+    np.testing.assert_array_equal(y[kept], x[kept])  # no 1/(1-p) factor
+    top[0].diff[...] = 1.0
+    layer.backward(top, [True], bottom)
+    np.testing.assert_array_equal(bottom[0].diff, kept.astype(float))
+    layer, bottom, top = make_layer(text, [x], phase=caffe_pb2.TEST)
+    np.testing.assert_allclose(run_forward(layer, bottom, top)[0], 0.75 * x)
+    top[0].diff[...] = 2.0
+    layer.backward(top, [True], bottom)
+    np.testing.assert_allclose(bottom[0].diff, 1.5)
