@@ -23,6 +23,7 @@ import pytest
 
 from minicaffe import backend
 from minicaffe.errors import DeviceError, ShapeError, SolverError
+from minicaffe.functional import conv_out_size
 from minicaffe.gpu import activations as act
 from minicaffe.gpu import im2col as i2c
 from minicaffe.gpu import kernels
@@ -179,8 +180,10 @@ def test_im2col_col2im_twins_against_loops(shape, k, p, s, d):
 
 
 def test_im2col_geometry_and_errors():
-    assert i2c.conv_out_size(227, 11, 0, 4) == 55
-    assert i2c.conv_out_size(7, 3, 0, 1, dilation=2) == 3
+    # the kernels size their output with the layers' rule (size, kernel, stride, pad, dilation)
+    assert i2c.conv_out_size is conv_out_size
+    assert conv_out_size(227, 11, 4, 0, 1) == 55
+    assert conv_out_size(7, 3, 1, 0, 2) == 3
     with pytest.raises(ShapeError, match="4-D"):
         i2c.im2col_ref(np.zeros((3, 4, 4)), 3)
     with pytest.raises(ShapeError, match="smaller than the dilated kernel"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from minicaffe.backend import array_module
 from minicaffe.errors import ShapeError
+from minicaffe.functional import conv_out_size
 from minicaffe.gpu.kernels import Elementwise, get_kernel, register, require_cupy
 
 _GEOMETRY = (
@@ -88,11 +89,6 @@ def _pair(v, what: str) -> tuple[int, int]:
     return v
 
 
-def conv_out_size(size: int, kernel: int, pad: int, stride: int, dilation: int = 1) -> int:
-    """Caffe's convolution output extent along one axis (floor rounding)."""
-    return (size + 2 * pad - (dilation * (kernel - 1) + 1)) // stride + 1
-
-
 def _geometry(shape, kernel, pad, stride, dilation):
     if len(shape) != 4:
         raise ShapeError(f"im2col: the image must be 4-D (N, C, H, W); received shape {shape}")
@@ -107,7 +103,7 @@ def _geometry(shape, kernel, pad, stride, dilation):
             f"pad {(ph, pw)}"
         )
     n, c, h, w = (int(d) for d in shape)
-    oh, ow = conv_out_size(h, kh, ph, sh, dh), conv_out_size(w, kw, pw, sw, dw)
+    oh, ow = conv_out_size(h, kh, sh, ph, dh), conv_out_size(w, kw, sw, pw, dw)
     if oh < 1 or ow < 1:
         raise ShapeError(
             f"im2col: a {(h, w)} image with pad {(ph, pw)} is smaller than the "
@@ -123,14 +119,35 @@ def _check_out(out, shape, dtype, what: str):
         )
 
 
+def _im2col_setup(x, kernel, pad, stride, dilation, out):
+    """Geometry of an im2col of ``x`` and the columns' shape, with ``out`` checked."""
+    g = _geometry(x.shape, kernel, pad, stride, dilation)
+    n, c, _, _, oh, ow, kh, kw = g[:8]
+    shape = (n, c * kh * kw, oh * ow)
+    _check_out(out, shape, x.dtype, "im2col")
+    return g, shape
+
+
+def _col2im_setup(col, image_shape, kernel, pad, stride, dilation, out):
+    """Geometry of a col2im into ``image_shape``, with the columns and ``out`` checked."""
+    g = _geometry(tuple(image_shape), kernel, pad, stride, dilation)
+    n, c, h, w, oh, ow, kh, kw = g[:8]
+    want = (n, c * kh * kw, oh * ow)
+    if tuple(col.shape) != want:
+        raise ShapeError(
+            f"col2im: columns for image {tuple(image_shape)} must be {want}; "
+            f"received {tuple(col.shape)}"
+        )
+    shape = (n, c, h, w)
+    _check_out(out, shape, col.dtype, "col2im")
+    return g, shape
+
+
 def im2col(x, kernel, pad=0, stride=1, dilation=1, out=None):
     """Fused im2col of a CuPy (N, C, H, W) image -> (N, C*KH*KW, OH*OW)."""
     cp = require_cupy(x)
-    n, c, h, w, oh, ow, kh, kw, ph, pw, sh, sw, dh, dw = _geometry(
-        x.shape, kernel, pad, stride, dilation
-    )
-    shape = (n, c * kh * kw, oh * ow)
-    _check_out(out, shape, x.dtype, "im2col")
+    g, shape = _im2col_setup(x, kernel, pad, stride, dilation, out)
+    n, c, h, w, oh, ow, kh, kw, ph, pw, sh, sw, dh, dw = g
     out = cp.empty(shape, x.dtype) if out is None else out
     get_kernel(IM2COL)(cp.ascontiguousarray(x), h, w, oh, ow, kh, kw, ph, pw, sh, sw, dh, dw, out)
     return out
@@ -139,11 +156,8 @@ def im2col(x, kernel, pad=0, stride=1, dilation=1, out=None):
 def im2col_ref(x, kernel, pad=0, stride=1, dilation=1, out=None):
     """im2col with one strided slice per kernel tap (KH*KW array copies), NumPy or CuPy."""
     xp = array_module(x)
-    n, c, h, w, oh, ow, kh, kw, ph, pw, sh, sw, dh, dw = _geometry(
-        x.shape, kernel, pad, stride, dilation
-    )
-    shape = (n, c * kh * kw, oh * ow)
-    _check_out(out, shape, x.dtype, "im2col")
+    g, shape = _im2col_setup(x, kernel, pad, stride, dilation, out)
+    n, c, h, w, oh, ow, kh, kw, ph, pw, sh, sw, dh, dw = g
     out = xp.empty(shape, x.dtype) if out is None else out
     if ph or pw:
         padded = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), x.dtype)
@@ -164,17 +178,8 @@ def im2col_ref(x, kernel, pad=0, stride=1, dilation=1, out=None):
 def col2im(col, image_shape, kernel, pad=0, stride=1, dilation=1, out=None):
     """Fused col2im: (N, C*KH*KW, OH*OW) columns -> (N, C, H, W) image (assigned, not added)."""
     cp = require_cupy(col)
-    n, c, h, w, oh, ow, kh, kw, ph, pw, sh, sw, dh, dw = _geometry(
-        tuple(image_shape), kernel, pad, stride, dilation
-    )
-    want = (n, c * kh * kw, oh * ow)
-    if tuple(col.shape) != want:
-        raise ShapeError(
-            f"col2im: columns for image {tuple(image_shape)} must be {want}; "
-            f"received {tuple(col.shape)}"
-        )
-    shape = (n, c, h, w)
-    _check_out(out, shape, col.dtype, "col2im")
+    g, shape = _col2im_setup(col, image_shape, kernel, pad, stride, dilation, out)
+    n, c, h, w, oh, ow, kh, kw, ph, pw, sh, sw, dh, dw = g
     out = cp.empty(shape, col.dtype) if out is None else out
     get_kernel(COL2IM)(cp.ascontiguousarray(col), h, w, oh, ow, kh, kw, ph, pw, sh, sw, dh, dw, out)
     return out
@@ -183,17 +188,8 @@ def col2im(col, image_shape, kernel, pad=0, stride=1, dilation=1, out=None):
 def col2im_ref(col, image_shape, kernel, pad=0, stride=1, dilation=1, out=None):
     """col2im by adding each tap's strided slice into a padded image, NumPy or CuPy."""
     xp = array_module(col)
-    n, c, h, w, oh, ow, kh, kw, ph, pw, sh, sw, dh, dw = _geometry(
-        tuple(image_shape), kernel, pad, stride, dilation
-    )
-    want = (n, c * kh * kw, oh * ow)
-    if tuple(col.shape) != want:
-        raise ShapeError(
-            f"col2im: columns for image {tuple(image_shape)} must be {want}; "
-            f"received {tuple(col.shape)}"
-        )
-    shape = (n, c, h, w)
-    _check_out(out, shape, col.dtype, "col2im")
+    g, shape = _col2im_setup(col, image_shape, kernel, pad, stride, dilation, out)
+    n, c, h, w, oh, ow, kh, kw, ph, pw, sh, sw, dh, dw = g
     padded = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), col.dtype)
     cols = col.reshape(n, c, kh, kw, oh, ow)
     for ki in range(kh):

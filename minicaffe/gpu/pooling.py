@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from minicaffe.backend import array_module
 from minicaffe.errors import ShapeError
+from minicaffe.functional import pool_out_size
 from minicaffe.gpu.kernels import Elementwise, get_kernel, register, require_cupy
 
 _GEOMETRY = (
@@ -154,12 +155,8 @@ AVE_POOL_BACKWARD = register(
 
 
 def pooled_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool = True) -> int:
-    """Caffe's pooled extent along one axis (see the module docstring)."""
-    span = size + 2 * pad - kernel
-    out = (-(-span // stride) if ceil_mode else span // stride) + 1
-    if pad > 0 and (out - 1) * stride >= size + pad:
-        out -= 1
-    return out
+    """Caffe's pooled extent along one axis: the Pooling layer's own rule, per axis."""
+    return pool_out_size(size, kernel, stride, pad, ceil_mode)
 
 
 def _pair(v, what: str) -> tuple[int, int]:
