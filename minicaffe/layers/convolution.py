@@ -134,6 +134,40 @@ class BaseConvolutionLayer(Layer):
                 raise self.error("cannot run in place (top and bottom must be different blobs)")
         return shape
 
+    def reshape(self, bottom, top):
+        shape = self.check_bottoms(bottom, top)
+        ca = self.channel_axis
+        in_size = shape[ca + 1 :]
+        out = self.spatial_out(in_size)
+        for t in top:
+            t.reshape(shape[:ca] + (self.num_output,) + out)
+        num = bottom[0].count_range(0, ca)
+        key = (num, in_size, len(bottom))
+        if key != self._plan_key:
+            self._plan_key = key
+            # The plan convolves `src` into `dst`: bottom into top, or, for Deconvolution
+            # (`reverse`), top-shaped num_output channels into the bottom's shape.
+            if self.reverse:
+                src_channels, dst_channels, src_size = self.num_output, self.channels, out
+            else:
+                src_channels, dst_channels, src_size = self.channels, self.num_output, in_size
+            geom = ConvGeometry(self.kernel, self.stride, self.pad, self.dilation, src_size)
+            self.plans = [
+                make_conv_plan(
+                    self.xp,
+                    self.dtype,
+                    num,
+                    src_channels,
+                    dst_channels,
+                    geom,
+                    self.group,
+                    self.force_nd,
+                )
+                for _ in bottom
+            ]
+            self._in = (num, self.channels) + in_size
+            self._out = (num, self.num_output) + out
+
     def spatial_out(self, in_size) -> tuple[int, ...]:
         out = tuple(
             conv_out_size(*a)
@@ -168,34 +202,6 @@ class ConvolutionLayer(BaseConvolutionLayer):
     min_bottom_blobs = 1
     min_top_blobs = 1
     equal_num_bottom_top_blobs = True
-
-    def reshape(self, bottom, top):
-        shape = self.check_bottoms(bottom, top)
-        ca = self.channel_axis
-        in_size = shape[ca + 1 :]
-        out = self.spatial_out(in_size)
-        for t in top:
-            t.reshape(shape[:ca] + (self.num_output,) + out)
-        num = bottom[0].count_range(0, ca)
-        key = (num, in_size, len(bottom))
-        if key != self._plan_key:
-            self._plan_key = key
-            geom = ConvGeometry(self.kernel, self.stride, self.pad, self.dilation, in_size)
-            self.plans = [
-                make_conv_plan(
-                    self.xp,
-                    self.dtype,
-                    num,
-                    self.channels,
-                    self.num_output,
-                    geom,
-                    self.group,
-                    self.force_nd,
-                )
-                for _ in bottom
-            ]
-            self._in = (num, self.channels) + in_size
-            self._out = (num, self.num_output) + out
 
     def forward(self, bottom, top):
         w2 = self.blobs[0].data.reshape(self.num_output, -1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from minicaffe.errors import ShapeError
-from minicaffe.functional import ConvGeometry, deconv_out_size, make_conv_plan
+from minicaffe.functional import deconv_out_size
 from minicaffe.layers.convolution import BaseConvolutionLayer
 from minicaffe.registry import register_layer
 
@@ -27,10 +27,7 @@ class DeconvolutionLayer(BaseConvolutionLayer):
     equal_num_bottom_top_blobs = True
     reverse = True
 
-    def reshape(self, bottom, top):
-        shape = self.check_bottoms(bottom, top)
-        ca = self.channel_axis
-        in_size = shape[ca + 1 :]
+    def spatial_out(self, in_size) -> tuple[int, ...]:
         out = tuple(
             deconv_out_size(*a)
             for a in zip(in_size, self.kernel, self.stride, self.pad, self.dilation)
@@ -41,29 +38,7 @@ class DeconvolutionLayer(BaseConvolutionLayer):
                 f"{self.kernel}, stride {self.stride}, pad {self.pad}",
                 ShapeError,
             )
-        for t in top:
-            t.reshape(shape[:ca] + (self.num_output,) + out)
-        num = bottom[0].count_range(0, ca)
-        key = (num, in_size, len(bottom))
-        if key != self._plan_key:
-            self._plan_key = key
-            # the underlying convolution maps top-shaped (num_output channels) to bottom-shaped
-            geom = ConvGeometry(self.kernel, self.stride, self.pad, self.dilation, out)
-            self.plans = [
-                make_conv_plan(
-                    self.xp,
-                    self.dtype,
-                    num,
-                    self.num_output,
-                    self.channels,
-                    geom,
-                    self.group,
-                    self.force_nd,
-                )
-                for _ in bottom
-            ]
-            self._in = (num, self.channels) + in_size
-            self._out = (num, self.num_output) + out
+        return out
 
     def forward(self, bottom, top):
         w2 = self.blobs[0].data.reshape(self.channels, -1)
