@@ -1276,6 +1276,7 @@ class PoolPlan:
             dx[:, :, : self.copy_h, : self.copy_w] = target[
                 :, :, ph : ph + self.copy_h, pw : pw + self.copy_w
             ]
+            target.fill(0)  # the forward reuses this buffer and writes only its interior
 
     # -------------------------------------------------------------- STOCHASTIC
     def _sums(self, x, s, q=None) -> None:

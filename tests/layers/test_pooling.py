@@ -253,3 +253,17 @@ def test_large_kernel_not_global():
         ref, _, _ = reference_pool(x, method, (5, 5), (3, 3), (2, 2))
         np.testing.assert_allclose(y, ref)
         assert math.isfinite(float(y.sum()))
+
+
+@pytest.mark.parametrize("method", ["MAX", "AVE"])
+@pytest.mark.parametrize("k,s,p,shape", GEOMS)
+def test_forward_after_backward_is_unchanged(method, k, s, p, shape, chunking):
+    """A backward must leave no trace in buffers the next forward reuses (the padded chunk of
+    AVE pooling once kept gradients in its border)."""
+    x = _unique_input(shape, seed=5)
+    layer, bottom, top = make_layer(_text(method, k, s, p), [x])
+    first = run_forward(layer, bottom, top)[0].copy()
+    top[0].diff[...] = 1.0
+    layer.backward(top, [True], bottom)
+    again = run_forward(layer, bottom, top)[0]
+    np.testing.assert_array_equal(again, first)
