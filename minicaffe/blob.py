@@ -6,6 +6,14 @@ the memory (and every array view handed out before stays valid for the same shap
 (``share_data``/``share_diff``), which is how shared parameters and in-place layers work.
 
 Layers must not keep a ``data``/``diff`` view across calls: take it afresh in each method.
+
+Working layout: on NumPy, layers that chain convolutions, pooling and elementwise steps may
+leave a 4-D blob's buffer in the batch-innermost (C, H, W, N) order (``write_chwn``), which
+saves a transpose at each end of every such layer. The buffer records that (``layout``: the
+(N, C, H, W) shape it was written in), and ``data``/``diff`` turn it back into Caffe's order the
+first time anything else reads them, so every reader outside those layers sees NCHW. Only blobs
+the net marks ``chwn_ok`` (every consumer understands the layout, and the blob is neither a net
+input nor a net output) are ever left that way.
 """
 
 from __future__ import annotations
@@ -34,10 +42,19 @@ def _normalize_shape(shape) -> tuple[int, ...]:
 class _Buffer:
     """A growable flat array; shared by every blob that shares the role."""
 
-    __slots__ = ("array",)
+    __slots__ = ("array", "layout")
 
     def __init__(self, array):
         self.array = array
+        self.layout = None  # None: Caffe's order; else the (N, C, H, W) shape held as CHWN
+
+    def canonicalize(self) -> None:
+        """Put a buffer held as (C, H, W, N) back into (N, C, H, W) order."""
+        n, c, h, w = self.layout
+        flat = self.array[: n * c * h * w]
+        nchw = flat.reshape(c, h, w, n).transpose(3, 0, 1, 2).copy()
+        flat[...] = nchw.reshape(-1)
+        self.layout = None
 
 
 class Blob:
@@ -51,12 +68,17 @@ class Blob:
         self._count = 1
         self._data = _Buffer(None)
         self._diff = _Buffer(None)
+        self.chwn_ok = False  # set by the net: this blob may be left in (C, H, W, N) order
         self.reshape(*shape) if shape else None
 
     # ------------------------------------------------------------------ shape
     def reshape(self, *shape) -> None:
         """Change the shape; memory grows only when the element count grows."""
         shape = _normalize_shape(shape)
+        if shape != self._shape:
+            for buf in (self._data, self._diff):
+                if buf.layout is not None:
+                    buf.canonicalize()
         self._shape = shape
         self._count = math.prod(shape)
 
@@ -104,7 +126,45 @@ class Blob:
         if arr is None or arr.size < self._count:
             new = self.xp.zeros(max(self._count, 1), dtype=self.dtype)
             buf.array = arr = new
+        if buf.layout is not None:
+            buf.canonicalize()
         return arr[: self._count].reshape(self._shape)
+
+    # ------------------------------------------------------------------ working layout
+    def _buf(self, diff: bool) -> _Buffer:
+        return self._diff if diff else self._data
+
+    def is_chwn(self, diff: bool = False) -> bool:
+        """Whether data (or diff) is held in (C, H, W, N) order for the current shape."""
+        layout = self._buf(diff).layout
+        return layout is not None and layout == self._shape
+
+    def chwn(self, diff: bool = False):
+        """The (C, H, W, N) view of a buffer held in that order (check ``is_chwn`` first)."""
+        n, c, h, w = self._shape
+        return self._buf(diff).array[: self._count].reshape(c, h, w, n)
+
+    def write_chwn(self, diff: bool = False):
+        """A (C, H, W, N) view to overwrite completely; the buffer is then held in that order.
+        Only for a 4-D blob marked ``chwn_ok``."""
+        buf = self._buf(diff)
+        if buf.array is None or buf.array.size < self._count:
+            buf.layout = None  # (a new buffer: nothing to keep)
+            self._view(buf)
+        buf.layout = self._shape  # the old content, in any order, is overwritten
+        return self.chwn(diff)
+
+    def flat(self, diff: bool = False):
+        """The buffer as a flat array in whatever order it is held, and that layout (for
+        elementwise steps that can keep it)."""
+        buf = self._buf(diff)
+        if buf.array is None or buf.array.size < self._count:
+            self._view(buf)
+        return buf.array[: self._count], buf.layout
+
+    def set_layout(self, layout, diff: bool = False) -> None:
+        """Declare the order of a buffer just written through ``flat``."""
+        self._buf(diff).layout = layout
 
     @property
     def data(self):
@@ -163,6 +223,8 @@ class Blob:
         if xp is self.xp:
             return
         for buf in (self._data, self._diff):
+            if buf.layout is not None:
+                buf.canonicalize()
             if buf.array is not None:
                 buf.array = to_xp(buf.array, xp)
         self.xp = xp
@@ -170,6 +232,8 @@ class Blob:
     def astype(self, dtype) -> None:
         dtype = np.dtype(dtype)
         for buf in (self._data, self._diff):
+            if buf.layout is not None:
+                buf.canonicalize()
             if buf.array is not None:
                 buf.array = buf.array.astype(dtype)
         self.dtype = dtype
@@ -177,6 +241,7 @@ class Blob:
     # ------------------------------------------------------------------ helpers
     def zero_diff(self) -> None:
         if self._diff.array is not None:
+            self._diff.layout = None  # zeros read the same in any order
             self.diff.fill(0)
 
     def asum_data(self):

@@ -140,6 +140,11 @@ class Layer:
         """False for bottoms that never take a gradient (labels, indices) under force_backward."""
         return True
 
+    def takes_chwn(self, bottom_index: int) -> bool:
+        """Whether this layer reads bottom ``bottom_index`` (data and diff) in the (C, H, W, N)
+        working order when it is held that way (see :class:`Blob`); others see NCHW."""
+        return False
+
     # ------------------------------------------------------------------ the contract
     def setup(self, bottom: list[Blob], top: list[Blob]) -> None:
         """Read parameters and create ``self.blobs`` (Caffe's LayerSetUp)."""
@@ -247,3 +252,26 @@ class LossLayer(Layer):
 
     def allow_force_backward(self, bottom_index: int) -> bool:
         return bottom_index != 1
+
+
+def elementwise_io(bottom: Blob, top: Blob):
+    """(x, y) arrays for an elementwise forward: flat, in the order the bottom is held when the
+    top may hold it too (the top is then marked so), else both in Caffe's order."""
+    x, layout = bottom.flat()
+    if layout is not None and (top is bottom or top.chwn_ok):
+        y, _ = top.flat()
+        top.set_layout(layout)
+        return x, y
+    return bottom.data, top.data
+
+
+def elementwise_grad_io(bottom: Blob, top: Blob):
+    """(x, dy, dx) arrays for an elementwise backward, all in one order (flat when x and dy are
+    held in the same working order; dx is then marked so), else all in Caffe's order."""
+    x, layout = bottom.flat()
+    dy, dlayout = top.flat(diff=True)
+    if layout is not None and dlayout == layout and (top is bottom or bottom.chwn_ok):
+        dx, _ = bottom.flat(diff=True)
+        bottom.set_layout(layout, diff=True)
+        return x, dy, dx
+    return bottom.data, top.diff, bottom.diff

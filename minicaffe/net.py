@@ -273,6 +273,7 @@ class Net:
                 self._blob_need_backward[tname] = need_backward
 
         self._all_params = all_params
+        self._mark_working_layout()
         self._prune_backward()
         self.params = OrderedDict(
             (layer.name, layer.blobs) for layer in self.layers if layer.blobs)
@@ -284,6 +285,25 @@ class Net:
         self.device_boundaries = boundaries
         if boundaries:
             log.info("net %r moves blobs between devices: %s", self.name, "; ".join(boundaries))
+
+    def _mark_working_layout(self) -> None:
+        """Mark the blobs that may stay in the (C, H, W, N) working order between layers: on
+        NumPy, read only by layers that take that order, neither net input nor output, and not
+        mirrored to another device. MINICAFFE_LAYOUT=nchw keeps every blob in Caffe's order."""
+        if os.environ.get("MINICAFFE_LAYOUT", "auto").lower() == "nchw":
+            return
+        ok: dict[int, bool] = {}
+        for li, layer in enumerate(self.layers):
+            mirrored = {id(tr.mirror) for tr in self._transfers[li]}
+            for bi, blob in enumerate(self._bottom_vecs[li]):
+                takes = blob.xp is np and id(blob) not in mirrored and layer.takes_chwn(bi)
+                ok[id(blob)] = ok.get(id(blob), True) and takes
+        exposed = set(self.inputs) | set(self.outputs)
+        for name, blob in self.blobs.items():
+            blob.chwn_ok = ok.get(id(blob), False) and name not in exposed
+        for name in exposed:
+            if name in self.blobs:
+                self.blobs[name].chwn_ok = False
 
     def _share_param(self, lp, pi, blob, owner_blob, spec, owner_index) -> None:
         strict = spec.share_mode == caffe_pb2.ParamSpec.STRICT

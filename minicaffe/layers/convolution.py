@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
+
+from minicaffe.chwn import ChwnConvPlan, conv_supported
 from minicaffe.errors import ShapeError
 from minicaffe.functional import ConvGeometry, conv_out_size, make_conv_plan
 from minicaffe.layer import Layer
@@ -142,7 +145,8 @@ class BaseConvolutionLayer(Layer):
         for t in top:
             t.reshape(shape[:ca] + (self.num_output,) + out)
         num = bottom[0].count_range(0, ca)
-        key = (num, in_size, len(bottom))
+        chwn = self.use_chwn(bottom, top)
+        key = (num, in_size, len(bottom), chwn)
         if key != self._plan_key:
             self._plan_key = key
             # The plan convolves `src` into `dst`: bottom into top, or, for Deconvolution
@@ -152,21 +156,47 @@ class BaseConvolutionLayer(Layer):
             else:
                 src_channels, dst_channels, src_size = self.channels, self.num_output, in_size
             geom = ConvGeometry(self.kernel, self.stride, self.pad, self.dilation, src_size)
-            self.plans = [
-                make_conv_plan(
-                    self.xp,
-                    self.dtype,
-                    num,
-                    src_channels,
-                    dst_channels,
-                    geom,
-                    self.group,
-                    self.force_nd,
-                )
-                for _ in bottom
-            ]
+            self.chwn = chwn
+            self._scratch = {}
+            if chwn:
+                self.plans = [
+                    ChwnConvPlan(self.dtype, num, self.channels, self.num_output, geom, self.group)
+                    for _ in bottom
+                ]
+            else:
+                self.plans = [
+                    make_conv_plan(
+                        self.xp,
+                        self.dtype,
+                        num,
+                        src_channels,
+                        dst_channels,
+                        geom,
+                        self.group,
+                        self.force_nd,
+                    )
+                    for _ in bottom
+                ]
             self._in = (num, self.channels) + in_size
             self._out = (num, self.num_output) + out
+
+    def chwn_capable(self) -> bool:
+        """2-D, channel axis 1, on NumPy, not reversed: the (C, H, W, N) plan applies."""
+        if self.reverse or self.channel_axis != 1 or self.num_spatial != 2:
+            return False
+        geom = ConvGeometry(self.kernel, self.stride, self.pad, self.dilation, (1, 1))
+        return conv_supported(self.xp, geom, self.force_nd)
+
+    def use_chwn(self, bottom, top) -> bool:
+        """Run the (C, H, W, N) plan: capable, and some bottom or top may hold that order."""
+        return self.chwn_capable() and any(b.chwn_ok for b in list(bottom) + list(top))
+
+    def scratch(self, name: str, shape):
+        """A buffer of this layer kept between calls (one per name and shape)."""
+        buf = self._scratch.get(name)
+        if buf is None or buf.shape != tuple(shape):
+            buf = self._scratch[name] = np.empty(shape, self.dtype)
+        return buf
 
     def spatial_out(self, in_size) -> tuple[int, ...]:
         out = tuple(
@@ -203,17 +233,54 @@ class ConvolutionLayer(BaseConvolutionLayer):
     min_top_blobs = 1
     equal_num_bottom_top_blobs = True
 
+    def takes_chwn(self, bottom_index: int) -> bool:
+        return self.chwn_capable()
+
     def forward(self, bottom, top):
         w2 = self.blobs[0].data.reshape(self.num_output, -1)
         bias = self.blobs[1].data if self.bias_term else None
+        if self.chwn:
+            return self._forward_chwn(bottom, top, w2, bias)
         for plan, b, t in zip(self.plans, bottom, top):
             plan.forward(b.data.reshape(self._in), w2, t.data.reshape(self._out), bias)
+
+    def _forward_chwn(self, bottom, top, w2, bias):
+        for i, (plan, b, t) in enumerate(zip(self.plans, bottom, top)):
+            chwn = b.is_chwn()
+            src = plan.source(b.chwn() if chwn else b.data, chwn)
+            n, o, ho, wo = t.shape
+            y = t.write_chwn() if t.chwn_ok else self.scratch(f"y{i}", (o, ho, wo, n))
+            plan.forward(src, w2, y, bias)
+            if not t.chwn_ok:
+                t.data[...] = y.transpose(3, 0, 1, 2)
+
+    def _backward_chwn(self, top, propagate_down, bottom, w2, dw, db):
+        for i, (plan, b, t) in enumerate(zip(self.plans, bottom, top)):
+            dx = None
+            if propagate_down[i]:
+                n, c, h, w = b.shape
+                dx = b.write_chwn(diff=True) if b.chwn_ok else self.scratch(f"dx{i}", (c, h, w, n))
+            if dw is None and db is None and dx is None:
+                continue
+            if t.is_chwn(diff=True):
+                dy = t.chwn(diff=True)
+            else:
+                n, o, ho, wo = t.shape
+                dy = self.scratch(f"dy{i}", (o, ho, wo, n))
+                dy[...] = t.diff.transpose(1, 2, 3, 0)
+            chwn = b.is_chwn()
+            src = plan.loaded_source(b.chwn() if chwn else b.data, chwn)
+            plan.backward(w2, dy, src, dw=dw, db=db, dx=dx)
+            if dx is not None and not b.chwn_ok:
+                b.diff[...] = dx.transpose(3, 0, 1, 2)
 
     def backward(self, top, propagate_down, bottom):
         w2 = self.blobs[0].data.reshape(self.num_output, -1)
         ppd = self.param_propagate_down
         dw = self.blobs[0].diff.reshape(self.num_output, -1) if ppd and ppd[0] else None
         db = self.blobs[1].diff if self.bias_term and len(ppd) > 1 and ppd[1] else None
+        if self.chwn:
+            return self._backward_chwn(top, propagate_down, bottom, w2, dw, db)
         for i, (plan, b, t) in enumerate(zip(self.plans, bottom, top)):
             dx = b.diff.reshape(self._in) if propagate_down[i] else None
             if dw is None and db is None and dx is None:

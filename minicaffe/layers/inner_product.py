@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from minicaffe.errors import ShapeError
 from minicaffe.layer import Layer
 from minicaffe.registry import register_layer
@@ -52,9 +54,19 @@ class InnerProductLayer(Layer):
         w = self.blobs[0].data
         return w.T if self.transpose else w  # (n_out, K) view
 
+    def takes_chwn(self, bottom_index: int) -> bool:
+        # a (C, H, W, N) bottom is the (K, N) matrix x^T already (K in Caffe's C, H, W order)
+        return self.xp is np and self.axis == 1
+
+    def _x(self, bottom):
+        b = bottom[0]
+        if self.axis == 1 and b.is_chwn():
+            return b.chwn().reshape(self.k, -1).T
+        return b.data.reshape(-1, self.k)
+
     def forward(self, bottom, top):
         xp = self.xp
-        x = bottom[0].data.reshape(-1, self.k)
+        x = self._x(bottom)
         y = top[0].data.reshape(-1, self.n_out)
         xp.matmul(x, self._weights_nk().T, out=y)
         if self.bias_term:
@@ -83,10 +95,15 @@ class InnerProductLayer(Layer):
     def backward(self, top, propagate_down, bottom):
         xp = self.xp
         dy = top[0].diff.reshape(-1, self.n_out)
-        x = bottom[0].data.reshape(-1, self.k)
+        x = self._x(bottom)
         if self.param_propagate_down[0]:
             self._accumulate_weight_diff(x, dy)
         if self.bias_term and self.param_propagate_down[1]:
             self.blobs[1].diff += dy.sum(axis=0)
         if propagate_down[0]:
-            xp.matmul(dy, self._weights_nk(), out=bottom[0].diff.reshape(-1, self.k))
+            b = bottom[0]
+            if self.axis == 1 and b.chwn_ok and b.is_chwn():
+                dxt = b.write_chwn(diff=True).reshape(self.k, -1)  # dx^T = W^T dy^T
+                xp.matmul(self._weights_nk().T, dy.T, out=dxt)
+            else:
+                xp.matmul(dy, self._weights_nk(), out=b.diff.reshape(-1, self.k))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from minicaffe.backend import rng
+from minicaffe.chwn import ChwnPoolPlan
 from minicaffe.errors import ShapeError
 from minicaffe.functional import PoolPlan, pool_out_size
 from minicaffe.layer import Layer
@@ -99,6 +100,9 @@ class PoolingLayer(Layer):
         self.ceil_mode = p.round_mode == 0
         self._plan_key = None
         self._tracked = False
+        self._chwn = False
+        self.chwn_plan = None
+        self.n_tops = len(top)
 
     def reshape(self, bottom, top):
         shape = self.require_4d(bottom[0])
@@ -124,8 +128,54 @@ class PoolingLayer(Layer):
             self._plan_key = key
             self.plan = PoolPlan(self.xp, self.dtype, shape, kernel, self.stride, self.pad, out)
             self._scratch_y = None
+            self.chwn_plan = None
+            if self.takes_chwn(0):
+                name = "MAX" if self.method == MAX else "AVE"
+                self.chwn_plan = ChwnPoolPlan(
+                    self.dtype, shape, kernel, self.stride, self.pad, out, name
+                )
+        self._chwn = False
+
+    def takes_chwn(self, bottom_index: int) -> bool:
+        """MAX (without the mask top) and AVE on NumPy run in the (C, H, W, N) order."""
+        return self.xp is np and self.method in (MAX, AVE) and self.n_tops == 1
+
+    def _forward_chwn(self, bottom, top) -> None:
+        n, c, ho, wo = top[0].shape
+        t = top[0]
+        y = t.write_chwn() if t.chwn_ok else self.chwn_plan.tmp
+        self.chwn_plan.forward(bottom[0].chwn(), y, track=self.phase == 0)  # 0: TRAIN
+        self._tracked = self.phase == 0
+        if not t.chwn_ok:
+            t.data[...] = y.transpose(3, 0, 1, 2)
+
+    def _backward_chwn(self, top, bottom) -> None:
+        plan = self.chwn_plan
+        if self.method == MAX and not self._tracked:  # TEST forward skipped the argmax
+            b = bottom[0]
+            plan.forward(b.chwn() if b.is_chwn() else b.data.transpose(1, 2, 3, 0), plan.tmp,
+                         track=True)
+            self._tracked = True
+        t, b = top[0], bottom[0]
+        if t.is_chwn(diff=True):
+            dy = t.chwn(diff=True)
+        else:
+            dy = self._dy = getattr(self, "_dy", None)
+            if dy is None or dy.shape != plan.y.shape:
+                dy = self._dy = np.empty(plan.y.shape, self.dtype)
+            dy[...] = t.diff.transpose(1, 2, 3, 0)
+        if b.chwn_ok:
+            plan.backward(dy, b.write_chwn(diff=True))
+        else:
+            n, c, h, w = b.shape
+            dx = np.empty((c, h, w, n), self.dtype)
+            plan.backward(dy, dx)
+            b.diff[...] = dx.transpose(3, 0, 1, 2)
 
     def forward(self, bottom, top):
+        self._chwn = self.chwn_plan is not None and bottom[0].is_chwn()
+        if self._chwn:
+            return self._forward_chwn(bottom, top)
         x, y, plan = bottom[0].data, top[0].data, self.plan
         if self.method == MAX:
             self._tracked = self.phase == 0 or len(top) > 1  # 0: TRAIN
@@ -146,6 +196,8 @@ class PoolingLayer(Layer):
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
+        if self._chwn:
+            return self._backward_chwn(top, bottom)
         plan, dy, dx = self.plan, top[0].diff, bottom[0].diff
         if self.method == AVE:
             plan.ave_backward(dy, dx)

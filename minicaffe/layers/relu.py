@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from minicaffe.layer import NeuronLayer
+import numpy as np
+
+from minicaffe.layer import NeuronLayer, elementwise_grad_io, elementwise_io
 from minicaffe.registry import register_layer
 
 
@@ -18,8 +20,12 @@ class ReLULayer(NeuronLayer):
     def setup(self, bottom, top):
         self.slope = float(self.layer_param.relu_param.negative_slope)
 
+    def takes_chwn(self, bottom_index: int) -> bool:
+        return self.xp is np  # elementwise: any order, kept from bottom to top
+
     def forward(self, bottom, top):
-        xp, x, y = self.xp, bottom[0].data, top[0].data
+        xp = self.xp
+        x, y = elementwise_io(bottom[0], top[0])
         if self.device.is_gpu and self.slope != 0:  # one fused pass (slope 0 is one maximum)
             from minicaffe.gpu import activations
 
@@ -34,7 +40,8 @@ class ReLULayer(NeuronLayer):
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
-        xp, x, dy, dx = self.xp, bottom[0].data, top[0].diff, bottom[0].diff
+        xp = self.xp
+        x, dy, dx = elementwise_grad_io(bottom[0], top[0])
         if self.device.is_gpu:
             from minicaffe.gpu import activations
 

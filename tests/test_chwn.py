@@ -1,0 +1,228 @@
+"""The batch-innermost (C, H, W, N) working layout between NumPy layers.
+
+Nets run twice, once with the working layout (the default) and once with every blob in Caffe's
+order (MINICAFFE_LAYOUT=nchw, the reference path that the layer tests and goldens check): every
+blob's data and diff, every parameter gradient and the loss must agree, and blobs read from
+outside always come back in NCHW order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import minicaffe
+from minicaffe.blob import Blob
+
+CHAIN = """
+name: "chain"
+force_backward: true
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 6 dim: 3 dim: 13 dim: 11 } shape { dim: 6 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 8 kernel_size: 3 pad: 1
+          weight_filler { type: "gaussian" std: 0.3 } bias_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2"
+        convolution_param { num_output: 6 kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 1
+          pad_h: 1 pad_w: 0 group: 2
+          weight_filler { type: "gaussian" std: 0.3 }
+          bias_filler { type: "constant" value: 0.1 } } }
+layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "relu2"
+        relu_param { negative_slope: 0.1 } }
+layer { name: "pool2" type: "Pooling" bottom: "relu2" top: "pool2"
+        pooling_param { pool: AVE kernel_size: 2 stride: 1 pad: 1 } }
+layer { name: "conv3" type: "Convolution" bottom: "pool2" top: "conv3"
+        convolution_param { num_output: 5 kernel_size: 2 dilation: 2
+          weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "pool3" type: "Pooling" bottom: "conv3" top: "pool3"
+        pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "ip1" type: "InnerProduct" bottom: "pool3" top: "ip1"
+        inner_product_param { num_output: 4 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip1" bottom: "label" top: "loss" }
+"""
+
+
+def _run(text, monkeypatch, layout, phase=minicaffe.TRAIN, steps=2):
+    monkeypatch.setenv("MINICAFFE_LAYOUT", layout)
+    net = minicaffe.Net(text, phase)
+    rng = np.random.default_rng(3)
+    for blobs in net.params.values():
+        for b in blobs:
+            b.data[...] = rng.standard_normal(b.shape) * 0.3
+    results = []
+    for _ in range(steps):  # a second pass reuses every buffer and plan
+        for name in net.inputs:
+            blob = net.blobs[name]
+            if name == "label":
+                blob.data[...] = rng.integers(0, 4, blob.shape)
+            else:
+                blob.data[...] = rng.standard_normal(blob.shape)
+        net.clear_param_diffs()
+        loss = net.forward_backward()
+        out = {"loss": np.float64(loss)}
+        for name, blob in net.blobs.items():
+            out[f"data:{name}"] = blob.data.copy()
+            out[f"diff:{name}"] = blob.diff.copy()
+        for lname, blobs in net.params.items():
+            for i, b in enumerate(blobs):
+                out[f"grad:{lname}[{i}]"] = b.diff.copy()
+        results.append(out)
+    return net, results
+
+
+def _compare(a, b):
+    for step_a, step_b in zip(a, b):
+        assert step_a.keys() == step_b.keys()
+        for key in step_a:
+            np.testing.assert_allclose(step_a[key], step_b[key], rtol=2e-5, atol=2e-6,
+                                       err_msg=key)
+
+
+def test_chain_matches_caffe_order(monkeypatch):
+    net, working = _run(CHAIN, monkeypatch, "auto")
+    held = {n for n, b in net.blobs.items() if b.chwn_ok}
+    assert held == {"conv1", "pool1", "conv2", "relu2", "pool2", "conv3", "pool3"}
+    _, reference = _run(CHAIN, monkeypatch, "nchw")
+    _compare(working, reference)
+
+
+def test_chain_test_phase_backward(monkeypatch):
+    # TEST phase: MAX pooling skips the argmax in forward and recovers it for a backward
+    _, working = _run(CHAIN, monkeypatch, "auto", phase=minicaffe.TEST, steps=1)
+    _, reference = _run(CHAIN, monkeypatch, "nchw", phase=minicaffe.TEST, steps=1)
+    _compare(working, reference)
+
+
+def test_exposed_blobs_stay_in_caffe_order(monkeypatch):
+    text = CHAIN.replace('top: "loss" }', 'top: "loss" }\nlayer { name: "s" type: "Silence" '
+                         'bottom: "conv2" }')
+    monkeypatch.setenv("MINICAFFE_LAYOUT", "auto")
+    net = minicaffe.Net(text, minicaffe.TRAIN)
+    assert not net.blobs["data"].chwn_ok  # a net input
+    assert not net.blobs["ip1"].chwn_ok  # read by SoftmaxWithLoss
+    assert not net.blobs["conv2"].chwn_ok  # also read by Silence (not a working-order layer)
+    net.forward()
+    for blob in net.blobs.values():
+        assert not blob._data.layout or blob.chwn_ok
+
+
+def test_user_read_between_forward_and_backward(monkeypatch):
+    """Reading a held blob from outside turns it back into NCHW; the backward still works."""
+    _, reference = _run(CHAIN, monkeypatch, "nchw", steps=1)
+    monkeypatch.setenv("MINICAFFE_LAYOUT", "auto")
+    net = minicaffe.Net(CHAIN, minicaffe.TRAIN)
+    rng = np.random.default_rng(3)
+    for blobs in net.params.values():
+        for b in blobs:
+            b.data[...] = rng.standard_normal(b.shape) * 0.3
+    net.blobs["data"].data[...] = rng.standard_normal(net.blobs["data"].shape)
+    net.blobs["label"].data[...] = rng.integers(0, 4, net.blobs["label"].shape)
+    net.clear_param_diffs()
+    net.forward()
+    assert net.blobs["pool1"].is_chwn()
+    seen = net.blobs["pool1"].data.copy()  # brought back to Caffe's order
+    assert not net.blobs["pool1"].is_chwn()
+    np.testing.assert_allclose(seen, reference[0]["data:pool1"], rtol=2e-5, atol=2e-6)
+    net.blobs["conv2"].data  # noqa: B018  (a read between forward and backward)
+    net.backward()
+    for lname, blobs in net.params.items():
+        for i, b in enumerate(blobs):
+            np.testing.assert_allclose(b.diff, reference[0][f"grad:{lname}[{i}]"], rtol=2e-5,
+                                       atol=2e-6, err_msg=f"{lname}[{i}]")
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [
+        "pool: MAX kernel_size: 3 stride: 2",  # ceil mode: the last window overhangs
+        "pool: MAX kernel_size: 2 stride: 3",  # gaps between windows
+        "pool: MAX kernel_size: 3 stride: 1 pad: 1",
+        "pool: AVE kernel_size: 3 stride: 2 pad: 1",
+        "pool: AVE kernel_h: 2 kernel_w: 3 stride_h: 2 stride_w: 1",
+        "pool: MAX global_pooling: true",
+        "pool: AVE global_pooling: true",
+        "pool: MAX kernel_size: 2 stride: 2 round_mode: FLOOR",
+    ],
+)
+def test_pooling_variants(monkeypatch, pool):
+    text = f"""
+    force_backward: true
+    layer {{ name: "data" type: "Input" top: "data"
+            input_param {{ shape {{ dim: 5 dim: 2 dim: 8 dim: 7 }} }} }}
+    layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv"
+            convolution_param {{ num_output: 3 kernel_size: 1
+              weight_filler {{ type: "gaussian" std: 1 }} }} }}
+    layer {{ name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param {{ {pool} }} }}
+    layer {{ name: "ip" type: "InnerProduct" bottom: "pool" top: "ip"
+            inner_product_param {{ num_output: 2 weight_filler {{ type: "gaussian" std: 1 }} }} }}
+    """
+    net, working = _run(text, monkeypatch, "auto")
+    assert net.blobs["conv"].chwn_ok and net.blobs["pool"].chwn_ok
+    for _ in range(1):
+        net.forward()
+        assert net.blobs["pool"].is_chwn()
+    _, reference = _run(text, monkeypatch, "nchw")
+    _compare(working, reference)
+
+
+def test_max_pooling_ties_go_to_the_first_maximum(monkeypatch):
+    """Caffe's strict '>' gives a window's gradient to its first maximum in row-major order."""
+    text = """
+    force_backward: true
+    layer { name: "data" type: "Input" top: "data"
+            input_param { shape { dim: 3 dim: 1 dim: 4 dim: 4 } } }
+    layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+            convolution_param { num_output: 2 kernel_size: 1 } }
+    layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool"
+            pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+    layer { name: "ip" type: "InnerProduct" bottom: "pool" top: "ip"
+            inner_product_param { num_output: 1 } }
+    """
+    monkeypatch.setenv("MINICAFFE_LAYOUT", "auto")
+    net = minicaffe.Net(text, minicaffe.TRAIN)
+    net.params["conv"][0].data[...] = 0  # every conv output is its bias: all ties
+    net.params["conv"][1].data[...] = [1.0, -2.0]
+    net.params["ip"][0].data[...] = 1
+    net.forward()
+    net.blobs["ip"].diff[...] = 1
+    net.backward()
+    d = net.blobs["conv"].diff
+    expected = np.zeros((3, 2, 4, 4))
+    expected[:, :, ::2, ::2] = 1
+    np.testing.assert_array_equal(d, expected)
+
+
+def test_blob_working_layout_round_trip():
+    b = Blob(2, 3, 4, 5)
+    x = np.arange(120, dtype=np.float32).reshape(2, 3, 4, 5)
+    b.chwn_ok = True
+    b.write_chwn()[...] = x.transpose(1, 2, 3, 0)
+    assert b.is_chwn() and not b.is_chwn(diff=True)
+    np.testing.assert_array_equal(b.data, x)  # read from outside: Caffe's order again
+    assert not b.is_chwn()
+    # a reshape to another shape first brings the held buffer back, keeping Caffe's meaning
+    b.write_chwn()[...] = x.transpose(1, 2, 3, 0)
+    b.reshape(2, 60)
+    np.testing.assert_array_equal(b.data, x.reshape(2, 60))
+    # zeroing the diff needs no conversion; flat() hands out the buffer in its order
+    b.reshape(2, 3, 4, 5)
+    b.write_chwn(diff=True)[...] = 1
+    b.zero_diff()
+    assert not b.is_chwn(diff=True)
+    np.testing.assert_array_equal(b.diff, 0)
+    flat, layout = b.flat()
+    assert layout is None and flat.shape == (120,)
+    # a shared buffer carries its order: the sharer sees Caffe's order too
+    other = Blob(2, 3, 4, 5)
+    other.share_data(b)
+    b.write_chwn()[...] = x.transpose(1, 2, 3, 0)
+    np.testing.assert_array_equal(other.data, x)
+
+
+def test_layout_off_switch(monkeypatch):
+    monkeypatch.setenv("MINICAFFE_LAYOUT", "nchw")
+    net = minicaffe.Net(CHAIN, minicaffe.TRAIN)
+    assert not any(b.chwn_ok for b in net.blobs.values())
