@@ -19,15 +19,33 @@ the GIL); GEMMs use OpenBLAS's own threads. Every buffer is allocated once per s
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 
-from minicaffe.functional import WHOLE_ELEMS, ConvGeometry, parallel
+from minicaffe.functional import WHOLE_ELEMS, ConvGeometry, _window_ranges, parallel
 
 # Column-buffer budget (elements) of one tile when the whole batch's columns do not fit
-# WHOLE_ELEMS (a few MB: the columns stay in cache between the copy and the GEMM).
-TILE_ELEMS = int(os.environ.get("MINICAFFE_CHWN_TILE", 1 << 20))
+# WHOLE_ELEMS. Tiled layers share one workspace per thread (as Caffe's column buffer), so
+# large tiles cost memory once per net, not once per layer; larger tiles make longer GEMMs
+# (CaffeNet forward measured 1.15x faster with 8-16M-element tiles than with 1M).
+TILE_ELEMS = int(os.environ.get("MINICAFFE_CHWN_TILE", 1 << 23))
 WHOLE = int(os.environ.get("MINICAFFE_CHWN_WHOLE", WHOLE_ELEMS))
+_local = threading.local()
+# Input bytes per block of channels in the pooling passes (a block's passes stay in cache).
+CHUNK_BYTES = int(os.environ.get("MINICAFFE_POOL_CHUNK", 1 << 19))
+
+
+def workspace(n: int, dtype) -> np.ndarray:
+    """This thread's shared column workspace, at least ``n`` values of ``dtype``."""
+    key = np.dtype(dtype).str
+    spaces = getattr(_local, "spaces", None)
+    if spaces is None:
+        spaces = _local.spaces = {}
+    buf = spaces.get(key)
+    if buf is None or buf.size < n:
+        buf = spaces[key] = np.empty(n, dtype)
+    return buf
 
 
 def _axis_slice(start: int, count: int, step: int) -> slice:
@@ -54,7 +72,9 @@ class ChwnConvPlan:
             rows = max(1, min(self.ho, TILE_ELEMS // max(1, self.k_total * row)))
         self.rows = rows
         self.tiles = [(h0, min(self.ho, h0 + rows)) for h0 in range(0, self.ho, rows)]
-        self.col = np.empty(self.k_total * rows * row, self.dtype)
+        self.col_size = self.k_total * rows * row
+        # whole-batch columns are the layer's own (the backward reuses them); tiles share
+        self._own_col = np.empty(self.col_size, self.dtype) if len(self.tiles) == 1 else None
         self.padded = any(geom.pad)
         hp, wp = geom.padded_size
         self.xb = None  # padded (or transposed) copy of the input, made on first need
@@ -89,6 +109,12 @@ class ChwnConvPlan:
         if chwn and not self.padded:
             return x
         return self.xb if self._loaded else self.source(x, chwn)
+
+    @property
+    def col(self):
+        if self._own_col is not None:
+            return self._own_col
+        return workspace(self.col_size, self.dtype)
 
     def _col6(self, h0, h1):
         n = self.k_total * (h1 - h0) * self.wo * self.n
@@ -189,7 +215,12 @@ class ChwnPoolPlan:
     """MAX or AVE pooling of a (C, H, W, N) input into (C, H_out, W_out, N) with Caffe's window
     rules (windows start at o * stride - pad; MAX reads the window clipped to the image and the
     first maximum in row-major order takes the gradient; AVE sums the clipped window and
-    divides by the window clipped to [-pad, size + pad))."""
+    divides by the window clipped to [-pad, size + pad)).
+
+    Each kernel offset (i, j) reads one strided view of the input for the box of outputs whose
+    window has that offset inside the image, so padding and overhanging last windows need no
+    padded copy. MAX keeps, per offset, a mask of the outputs whose first maximum sits there.
+    """
 
     def __init__(self, dtype, shape_nchw, kernel, stride, pad, out, method: str):
         self.dtype = np.dtype(dtype)
@@ -198,16 +229,27 @@ class ChwnPoolPlan:
         self.kernel, self.stride, self.pad, self.out = kernel, stride, pad, out
         self.method = method
         (kh, kw), (sh, sw), (ph, pw), (ho, wo) = kernel, stride, pad, out
-        # extent every window reaches, from -pad
-        eh, ew = max(h + ph, (ho - 1) * sh + kh), max(w + pw, (wo - 1) * sw + kw)
-        self.need_pad = eh > h or ew > w  # padding, or a last window reaching past the edge
-        self.ext = (eh, ew)
+        rows = _window_ranges(h, kh, sh, ph, ho)
+        cols = _window_ranges(w, kw, sw, pw, wo)
+        # (output box, input view slices, covers every output) per offset, row-major order
+        self.offsets = []
+        for ri in rows:
+            for cj in cols:
+                if ri is None or cj is None:
+                    self.offsets.append(None)
+                    continue
+                (o0, o1, i0), (q0, q1, j0) = ri, cj
+                box = (slice(None), slice(o0, o1), slice(q0, q1))
+                src = (slice(None), _axis_slice(i0, o1 - o0, sh), _axis_slice(j0, q1 - q0, sw))
+                self.offsets.append((box, src, (o1 - o0, q1 - q0) == (ho, wo)))
         # windows tile the input exactly: each offset writes its own positions of dx
-        self.direct = (sh, sw) == (kh, kw) and not self.need_pad and (ho * sh, wo * sw) == (h, w)
-        self.xpad = None
-        self.dxpad = None
+        self.direct = (
+            (sh, sw) == (kh, kw) and (ph, pw) == (0, 0) and (ho * sh, wo * sw) == (h, w)
+        )
         self.y = np.empty((c, ho, wo, n), self.dtype)  # MAX: the maxima (a later in-place
         self.masks = None  # layer may change the top); MAX: first-argmax masks per offset
+        self.rem = None
+        self.tmp = np.empty(self.y.shape, self.dtype)
         self.inv = None
         if method == "AVE":
             def sizes(size, k, s, p, o):
@@ -215,96 +257,111 @@ class ChwnPoolPlan:
                 return np.minimum(start + k, size + p) - start
 
             div = np.outer(sizes(h, kh, sh, ph, ho), sizes(w, kw, sw, pw, wo))
-            self.inv = (1.0 / div).astype(self.dtype)[None, :, :, None]
-            self.inv_scalar = float(self.inv.flat[0]) if np.all(div == div.flat[0]) else None
-        self.tmp = np.empty(self.y.shape, self.dtype)
+            inv = (1.0 / div).astype(self.dtype)[None, :, :, None]
+            self.inv = float(inv.flat[0]) if np.all(div == div.flat[0]) else inv
 
-    def _source(self, x, fill):
-        if not self.need_pad:
-            return x
-        if self.xpad is None:
-            self.xpad = np.full((self.c,) + self.ext + (self.n,), fill, self.dtype)
-        ph, pw = self.pad
-        self.xpad[:, ph : ph + self.h, pw : pw + self.w, :] = x
-        return self.xpad
-
-    def _views(self, a):
-        (kh, kw), (sh, sw), (ho, wo) = self.kernel, self.stride, self.out
-        for i in range(kh):
-            for j in range(kw):
-                yield a[:, _axis_slice(i, ho, sh), _axis_slice(j, wo, sw), :]
+    def _boxes(self, c0, c1):
+        """(k, output box, input view, covers all outputs) for each offset inside the image: the
+        output box indexes arrays already cut to channels c0:c1, the view the whole input."""
+        ch = slice(c0, c1)
+        for k, entry in enumerate(self.offsets):
+            if entry is not None:
+                box, src, full = entry
+                yield k, box, (ch,) + src[1:], full
 
     def forward(self, x, y, track: bool) -> None:
         """y (C, H_out, W_out, N) from x (C, H, W, N); ``track`` (MAX): record the argmax."""
+        boxes = self._boxes
         if self.method == "MAX":
-            src = self._source(x, -np.inf)
-            views = list(self._views(src))
             if track and self.masks is None:
-                self.masks = np.empty((len(views),) + self.y.shape, bool)
+                self.masks = np.empty((len(self.offsets),) + self.y.shape, bool)
                 self.rem = np.empty(self.y.shape, bool)
 
             def run(c0, c1):
                 m = self.y[c0:c1]
-                np.copyto(m, views[0][c0:c1])
-                for v in views[1:]:
-                    np.maximum(m, v[c0:c1], out=m)
+                first = True
+                for _, box, src, full in boxes(c0, c1):
+                    if first:
+                        if not full:
+                            m.fill(-np.inf)
+                        else:
+                            np.copyto(m, x[src])
+                            first = False
+                            continue
+                    first = False
+                    np.maximum(m[box], x[src], out=m[box])
                 y[c0:c1] = m
                 if track:  # first maximum: equal to the max and no earlier offset was
                     rem = self.rem[c0:c1]
                     rem.fill(True)
-                    for k, v in enumerate(views):
+                    for k, box, src, full in boxes(c0, c1):
                         sel = self.masks[k, c0:c1]
-                        np.equal(v[c0:c1], m, out=sel)
-                        np.logical_and(sel, rem, out=sel)
-                        np.logical_xor(rem, sel, out=rem)
+                        if not full:
+                            sel.fill(False)
+                        sel, r = sel[box], rem[box]
+                        np.equal(x[src], m[box], out=sel)
+                        np.logical_and(sel, r, out=sel)
+                        np.logical_xor(r, sel, out=r)
+                    for k, entry in enumerate(self.offsets):
+                        if entry is None:
+                            self.masks[k, c0:c1].fill(False)
 
-            parallel(run, self.c, x.size * 2)
+            self._parallel(run, x.size * 2)
         else:
-            src = self._source(x, 0)
-            views = list(self._views(src))
-
             def run(c0, c1):
                 out = y[c0:c1]
-                np.add(views[0][c0:c1], views[1][c0:c1] if len(views) > 1 else 0, out=out)
-                for v in views[2:]:
-                    out += v[c0:c1]
-                out *= self.inv if self.inv_scalar is None else self.inv_scalar
+                first = True
+                for _, box, src, full in boxes(c0, c1):
+                    if first and full:
+                        np.copyto(out, x[src])
+                    else:
+                        if first:
+                            out.fill(0)
+                        o = out[box]
+                        o += x[src]
+                    first = False
+                out *= self.inv
 
-            parallel(run, self.c, x.size)
+            self._parallel(run, x.size)
 
     def backward(self, dy, dx) -> None:
         """dx (C, H, W, N) from dy (C, H_out, W_out, N) (MAX after a tracked forward)."""
         direct = self.direct
-        target = dx
-        if not direct:
-            if self.dxpad is None:
-                self.dxpad = np.zeros((self.c,) + self.ext + (self.n,), self.dtype)
-            target = self.dxpad
-        views = list(self._views(target))
-        ph, pw = self.pad
 
         def run(c0, c1):
             if not direct:
-                target[c0:c1].fill(0)
-            d, t = dy[c0:c1], self.tmp[c0:c1]
+                dx[c0:c1].fill(0)
+            t, d = self.tmp[c0:c1], dy[c0:c1]
             if self.method == "AVE":
-                np.multiply(d, self.inv if self.inv_scalar is None else self.inv_scalar, out=t)
-                for v in views:
+                np.multiply(d, self.inv, out=t)
+            for k, box, src, _ in self._boxes(c0, c1):
+                target = dx[src]
+                if self.method == "AVE":
+                    part = t[box]
                     if direct:
-                        v[c0:c1] = t
+                        np.copyto(target, part)
                     else:
-                        v[c0:c1] += t
-            else:
-                for k, v in enumerate(views):
-                    if direct:
-                        np.multiply(d, self.masks[k, c0:c1], out=v[c0:c1])
-                    else:
-                        np.multiply(d, self.masks[k, c0:c1], out=t)
-                        v[c0:c1] += t
-            if not direct:
-                dx[c0:c1] = target[c0:c1, ph : ph + self.h, pw : pw + self.w, :]
+                        target += part
+                elif direct:
+                    np.multiply(d[box], self.masks[k, c0:c1][box], out=target)
+                else:
+                    part = t[box]
+                    np.multiply(d[box], self.masks[k, c0:c1][box], out=part)
+                    target += part
 
-        parallel(run, self.c, dx.size * 2)
+        self._parallel(run, dx.size * 2)
+
+    def _parallel(self, run, work: int) -> None:
+        """``run(c0, c1)`` over the channels in blocks of about CHUNK_BYTES of input, shared
+        between threads: every pass over a block then stays in cache."""
+        per = max(1, CHUNK_BYTES // (self.h * self.w * self.n * self.dtype.itemsize))
+        blocks = [(c, min(self.c, c + per)) for c in range(0, self.c, per)]
+
+        def part(i, j):
+            for c0, c1 in blocks[i:j]:
+                run(c0, c1)
+
+        parallel(part, len(blocks), work)
 
 
 def _key(a):

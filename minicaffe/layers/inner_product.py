@@ -64,11 +64,23 @@ class InnerProductLayer(Layer):
             return b.chwn().reshape(self.k, -1).T
         return b.data.reshape(-1, self.k)
 
+    # Few rows and a large weight (CaffeNet fc6 at batch 10): OpenBLAS streams the weight
+    # faster as the left operand (W x^T, then a small transpose): measured 1.3-1.6x.
+    FEW_ROWS, LARGE_WEIGHT = 64, 1 << 20
+
     def forward(self, bottom, top):
         xp = self.xp
         x = self._x(bottom)
         y = top[0].data.reshape(-1, self.n_out)
-        xp.matmul(x, self._weights_nk().T, out=y)
+        w = self._weights_nk()
+        if xp is np and x.shape[0] <= self.FEW_ROWS and w.size >= self.LARGE_WEIGHT:
+            yt = getattr(self, "_yt", None)
+            if yt is None or yt.shape != (self.n_out, x.shape[0]):
+                yt = self._yt = np.empty((self.n_out, x.shape[0]), self.dtype)
+            np.matmul(w, x.T, out=yt)
+            y[...] = yt.T
+        else:
+            xp.matmul(x, w.T, out=y)
         if self.bias_term:
             y += self.blobs[1].data
 
