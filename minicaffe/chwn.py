@@ -72,7 +72,13 @@ class ChwnConvPlan:
             rows = max(1, min(self.ho, TILE_ELEMS // max(1, self.k_total * row)))
         self.rows = rows
         self.tiles = [(h0, min(self.ho, h0 + rows)) for h0 in range(0, self.ho, rows)]
-        self.col_size = self.k_total * rows * row
+        # one group: the bias rides in the GEMMs as a row of ones under the columns (no pass
+        # over the top to add it; the weight-gradient GEMM yields the bias gradient as its
+        # last row)
+        self.fuse = group == 1
+        self.col_size = (self.k_total + self.fuse) * rows * row
+        self.waug = np.empty((num_output, self.k_total + 1), self.dtype) if self.fuse else None
+        self.dwt_aug = np.empty((self.k_total + 1, num_output), self.dtype) if self.fuse else None
         # whole-batch columns are the layer's own (the backward reuses them); tiles share
         self._own_col = np.empty(self.col_size, self.dtype) if len(self.tiles) == 1 else None
         self.padded = any(geom.pad)
@@ -152,6 +158,13 @@ class ChwnConvPlan:
         n = self.k_total * (h1 - h0) * self.wo * self.n
         return self.col[:n].reshape(self.g, self.kg, -1)
 
+    def _tile_col_ones(self, h0, h1):
+        """The tile's columns with a last row of ones, (K + 1, positions) (one group)."""
+        p = (h1 - h0) * self.wo * self.n
+        col = self.col[: (self.k_total + 1) * p].reshape(self.k_total + 1, p)
+        col[self.k_total] = 1
+        return col
+
     def _tile_rows(self, a, h0, h1):
         """Rows h0:h1 of a (O, H_out, W_out, N) array as (G, O/G, positions) (a view)."""
         return a[:, h0:h1].reshape(self.g, self.og, -1)
@@ -160,13 +173,21 @@ class ChwnConvPlan:
     def forward(self, src, w2, y, bias=None) -> None:
         """y (O, H_out, W_out, N) = conv(src) (+ bias); ``src`` from :meth:`source`."""
         w3 = w2.reshape(self.g, self.og, self.kg)
+        fused = self.fuse and bias is not None
+        if fused:
+            self.waug[:, : self.k_total] = w2
+            self.waug[:, self.k_total] = bias
         for h0, h1 in self.tiles:
             self._im2col(src, h0, h1)
-            col, out = self._tile_col(h0, h1), self._tile_rows(y, h0, h1)
+            out = self._tile_rows(y, h0, h1)
+            if fused:
+                np.matmul(self.waug, self._tile_col_ones(h0, h1), out=out[0])
+                continue
+            col = self._tile_col(h0, h1)
             for g in range(self.g):
                 np.matmul(w3[g], col[g], out=out[g])
         self._cols_of = _key(src) if len(self.tiles) == 1 else None
-        if bias is not None:
+        if bias is not None and not fused:
             y3 = y.reshape(self.o, -1)
 
             def run(o0, o1):
@@ -178,7 +199,8 @@ class ChwnConvPlan:
         """dw += dL/dW, db += dL/db, dx = dL/dx ((C, H, W, N)); dy (O, H_out, W_out, N); ``src``
         is what the forward read (its columns are reused when they are still held)."""
         w3 = w2.reshape(self.g, self.og, self.kg)
-        if db is not None:
+        fused = self.fuse and dw is not None and db is not None
+        if db is not None and not fused:
             db += dy.reshape(self.o, -1).sum(axis=1)
         if dw is None and dx is None:
             return
@@ -191,7 +213,13 @@ class ChwnConvPlan:
             target.fill(0)
         for h0, h1 in self.tiles:
             col, dyt = self._tile_col(h0, h1), self._tile_rows(dy, h0, h1)
-            if dw3 is not None:
+            if fused:
+                if not reuse:
+                    self._im2col(src, h0, h1)
+                np.matmul(self._tile_col_ones(h0, h1), dyt[0].T, out=self.dwt_aug)
+                dw += self.dwt_aug[: self.k_total].T
+                db += self.dwt_aug[self.k_total]
+            elif dw3 is not None:
                 if not reuse:
                     self._im2col(src, h0, h1)
                 for g in range(self.g):  # dW^T = col dy^T (faster in OpenBLAS than dy col^T)

@@ -226,3 +226,34 @@ def test_layout_off_switch(monkeypatch):
     monkeypatch.setenv("MINICAFFE_LAYOUT", "nchw")
     net = minicaffe.Net(CHAIN, minicaffe.TRAIN)
     assert not any(b.chwn_ok for b in net.blobs.values())
+
+
+def test_chain_in_row_tiles(monkeypatch):
+    """Layers too large for whole-batch columns run in tiles of output rows through the shared
+    workspace (the backward rebuilds each tile's columns)."""
+    from minicaffe import chwn
+
+    monkeypatch.setattr(chwn, "WHOLE", 0)
+    monkeypatch.setattr(chwn, "TILE_ELEMS", 1)  # one output row per tile
+    net, working = _run(CHAIN, monkeypatch, "auto")
+    conv = net.layer_dict["conv1"]
+    assert conv.chwn and len(conv.plans[0].tiles) == conv.plans[0].ho > 1
+    _, reference = _run(CHAIN, monkeypatch, "nchw")
+    _compare(working, reference)
+
+
+def test_conv_without_bias_and_frozen_weights(monkeypatch):
+    """No bias term, and weights with lr_mult 0 (bias gradient only): the fused bias path
+    must not be taken where it does not apply."""
+    text = CHAIN.replace(
+        'convolution_param { num_output: 8 kernel_size: 3 pad: 1',
+        'param { lr_mult: 0 } param { lr_mult: 1 }\n'
+        'convolution_param { num_output: 8 kernel_size: 3 pad: 1',
+    ).replace(
+        'convolution_param { num_output: 5 kernel_size: 2 dilation: 2',
+        'convolution_param { num_output: 5 kernel_size: 2 dilation: 2 bias_term: false',
+    )
+    net, working = _run(text, monkeypatch, "auto")
+    assert net.layer_dict["conv1"].chwn and net.layer_dict["conv3"].chwn
+    _, reference = _run(text, monkeypatch, "nchw")
+    _compare(working, reference)
