@@ -6,7 +6,16 @@ The API follows pycaffe: ``minicaffe.Net(model, phase)``, ``net.forward()``, ``n
 
 from __future__ import annotations
 
-from minicaffe.backend import (
+import os as _os
+
+# OpenBLAS threads spin for about 2^28 cycles after each GEMM before they sleep; meanwhile they
+# take the cores from minicaffe's own threads (copies, pooling, elementwise passes), which
+# measured 1.2x slower for a cifar10_quick train step. A short spin, unless the user chose one;
+# OpenBLAS reads it when it loads, so this takes effect when minicaffe is imported before NumPy
+# (the CLI always is). See docs/performance.md.
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+from minicaffe.backend import (  # noqa: E402
     Device,
     gpu_available,
     set_device,

@@ -684,7 +684,8 @@ class Solver:
             self.regularize(pid)
             self.compute_update_value(pid, rate)
         for blob in self.net.learnable_params:
-            blob.data[...] -= blob.diff
+            data = blob.data
+            blob.xp.subtract(data, blob.diff, out=data)  # (``data[...] -= diff`` copies twice)
 
     # GPU: one fused kernel per parameter (minicaffe.gpu.updates) does clip/iter_size scaling,
     # regularisation, the rule and w -= u. ``_fused_reference`` runs the same dispatch with the

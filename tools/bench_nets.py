@@ -314,7 +314,9 @@ def main(argv=None) -> int:
     _set_threads(args.threads)
     if args.torch_worker:
         return torch_worker(args.torch_worker, args.steps, args.warmup, args.threads)
-    import numpy as np
+    import minicaffe  # noqa: F401  (first: it sets OpenBLAS's spin time before NumPy loads)
+
+    np = sys.modules["numpy"]
 
     print(
         f"numpy {np.__version__}, {args.threads} threads"
