@@ -279,6 +279,7 @@ class ChwnPoolPlan:
         self.y = np.empty((c, ho, wo, n), self.dtype)  # MAX: the maxima (a later in-place
         self.masks = None  # layer may change the top); MAX: first-argmax masks per offset
         self.rem = None
+        self.pair_tmp = self.pair_win = None
         self.tmp = np.empty(self.y.shape, self.dtype)
         self.inv = None
         if method == "AVE":
@@ -307,8 +308,12 @@ class ChwnPoolPlan:
                 self.masks = np.empty((len(self.offsets),) + self.y.shape, bool)
                 self.rem = np.empty(self.y.shape, bool)
 
+            pairs = self.direct and self.kernel == (2, 2)
+
             def run(c0, c1):
                 m = self.y[c0:c1]
+                if pairs:
+                    return self._max_2x2(x, y, track, c0, c1)
                 first = True
                 for _, box, src, full in boxes(c0, c1):
                     if first:
@@ -353,6 +358,32 @@ class ChwnPoolPlan:
                 out *= self.inv
 
             self._parallel(run, x.size)
+
+    def _max_2x2(self, x, y, track: bool, c0: int, c1: int) -> None:
+        """2x2 windows tiling the input (LeNet): the maximum as a tournament of pairs, whose
+        comparisons also give the first maximum (a later value wins only when greater)."""
+        if self.pair_tmp is None:
+            self.pair_tmp = np.empty((2,) + self.y.shape, self.dtype)
+            self.pair_win = np.empty((3,) + self.y.shape, bool)
+        v = [x[src] for _, _, src, _ in self._boxes(c0, c1)]  # (0,0) (0,1) (1,0) (1,1)
+        top, bottom = self.pair_tmp[0, c0:c1], self.pair_tmp[1, c0:c1]
+        m = self.y[c0:c1]
+        np.maximum(v[0], v[1], out=top)
+        np.maximum(v[2], v[3], out=bottom)
+        np.maximum(top, bottom, out=m)
+        y[c0:c1] = m
+        if not track:
+            return
+        right, lower, down = (w[c0:c1] for w in self.pair_win)
+        np.greater(v[1], v[0], out=right)  # (0,1) beats (0,0)
+        np.greater(v[3], v[2], out=lower)  # (1,1) beats (1,0)
+        np.greater(bottom, top, out=down)  # the second row beats the first
+        sel = [self.masks[k, c0:c1] for k in range(4)]
+        np.logical_or(right, down, out=sel[0])
+        np.logical_not(sel[0], out=sel[0])  # neither
+        np.greater(right, down, out=sel[1])  # right and not down
+        np.greater(down, lower, out=sel[2])  # down and not lower
+        np.logical_and(down, lower, out=sel[3])
 
     def backward(self, dy, dx) -> None:
         """dx (C, H, W, N) from dy (C, H_out, W_out, N) (MAX after a tracked forward)."""

@@ -25,7 +25,9 @@ layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
 layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
 layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
         pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
-layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2"
+layer { name: "norm1" type: "LRN" bottom: "pool1" top: "norm1"
+        lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 k: 2 } }
+layer { name: "conv2" type: "Convolution" bottom: "norm1" top: "conv2"
         convolution_param { num_output: 6 kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 1
           pad_h: 1 pad_w: 0 group: 2
           weight_filler { type: "gaussian" std: 0.3 }
@@ -84,7 +86,7 @@ def _compare(a, b):
 def test_chain_matches_caffe_order(monkeypatch):
     net, working = _run(CHAIN, monkeypatch, "auto")
     held = {n for n, b in net.blobs.items() if b.chwn_ok}
-    assert held == {"conv1", "pool1", "conv2", "relu2", "pool2", "conv3", "pool3"}
+    assert held == {"conv1", "pool1", "norm1", "conv2", "relu2", "pool2", "conv3", "pool3"}
     _, reference = _run(CHAIN, monkeypatch, "nchw")
     _compare(working, reference)
 
@@ -122,9 +124,10 @@ def test_user_read_between_forward_and_backward(monkeypatch):
     net.blobs["label"].data[...] = rng.integers(0, 4, net.blobs["label"].shape)
     net.clear_param_diffs()
     net.forward()
-    assert net.blobs["pool1"].is_chwn()
+    assert net.blobs["pool1"].is_chwn() and net.blobs["norm1"].is_chwn()
     seen = net.blobs["pool1"].data.copy()  # brought back to Caffe's order
     assert not net.blobs["pool1"].is_chwn()
+    net.blobs["norm1"].diff  # noqa: B018  (LRN's backward then reads strided views)
     np.testing.assert_allclose(seen, reference[0]["data:pool1"], rtol=2e-5, atol=2e-6)
     net.blobs["conv2"].data  # noqa: B018  (a read between forward and backward)
     net.backward()

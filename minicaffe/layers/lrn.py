@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from minicaffe.functional import negative_power, window_sum
 from minicaffe.layer import Layer
 from minicaffe.registry import register_layer
@@ -36,16 +38,30 @@ class LRNLayer(Layer):
         if self.region not in (ACROSS_CHANNELS, WITHIN_CHANNEL):
             raise self.error(f"unknown norm_region {self.region}")
         self._shape = None
+        self._key = None
+        self._chwn = False
+
+    def takes_chwn(self, bottom_index: int) -> bool:
+        # across channels, a (C, H, W, N) blob is one "image" of H*W*N positions
+        return self.xp is np and self.region == ACROSS_CHANNELS
 
     def reshape(self, bottom, top):
         shape = self.require_4d(bottom[0])
         if top[0] is bottom[0]:
             raise self.error("cannot run in place (backward needs both input and output)")
         top[0].reshape(shape)
-        if shape != self._shape:
-            self._shape = shape
+        self._buffers(shape, bottom[0].is_chwn())
+
+    def _buffers(self, shape, chwn: bool) -> None:
+        """Buffers for an (N, C, H, W) input held in Caffe's order or as (C, H, W, N)."""
+        if (shape, chwn) != self._key:
+            self._key, self._chwn = (shape, chwn), chwn
+            if chwn:
+                n, c, h, w = shape
+                shape = (c, h, w, n)
+            self._shape = shape  # the buffers' shape
             xp, dt = self.xp, self.dtype
-            n, c, h, w = shape
+            n, c, h, w = (1, shape[0], shape[1], shape[2] * shape[3]) if chwn else shape
             pad = self.size - 1
             if self.region == ACROSS_CHANNELS:
                 self.padded = xp.zeros((n, c + pad, h * w), dt)
@@ -61,6 +77,7 @@ class LRNLayer(Layer):
         half = (self.size - 1) // 2
         n, c, h, w = self._shape
         if self.region == ACROSS_CHANNELS:
+            c = self.padded.shape[1] - (self.size - 1)
             return self.padded[:, half : half + c].reshape(self._shape)
         return self.padded[:, :, half : half + h, half : half + w]
 
@@ -79,8 +96,30 @@ class LRNLayer(Layer):
             window_sum(xp, self.padded, 2, self.size, self.tmp)
             window_sum(xp, self.tmp, 3, self.size, out)
 
+    def _arrays(self, bottom, top):
+        """x, y, dy and dx in the order of this pass's buffers: (C, H, W, N) views when the
+        forward ran on a bottom held that way (strided views of Caffe's order where a blob is
+        not), else Caffe's order."""
+        if not self._chwn:
+            return bottom[0].data, top[0].data, top[0].diff, bottom[0].diff
+        b, t = bottom[0], top[0]
+
+        def view(blob, diff):
+            if blob.is_chwn(diff):
+                return blob.chwn(diff)
+            return (blob.diff if diff else blob.data).transpose(1, 2, 3, 0)
+
+        dx = b.write_chwn(diff=True) if b.chwn_ok else b.diff.transpose(1, 2, 3, 0)
+        return view(b, False), view(t, False), view(t, True), dx
+
     def forward(self, bottom, top):
-        xp, x, y = self.xp, bottom[0].data, top[0].data
+        self._buffers(bottom[0].shape, bottom[0].is_chwn())
+        xp = self.xp
+        if self._chwn:
+            x = bottom[0].chwn()
+            y = top[0].write_chwn() if top[0].chwn_ok else top[0].data.transpose(1, 2, 3, 0)
+        else:
+            x, y = bottom[0].data, top[0].data
         xp.multiply(x, x, out=self._interior())
         self._window(self.scale)
         if self.region == ACROSS_CHANNELS:
@@ -96,7 +135,7 @@ class LRNLayer(Layer):
         if not propagate_down[0]:
             return
         xp = self.xp
-        x, y, dy, dx = bottom[0].data, top[0].data, top[0].diff, bottom[0].diff
+        x, y, dy, dx = self._arrays(bottom, top)
         m = self.size if self.region == ACROSS_CHANNELS else self.size * self.size
         inner = self._interior()
         xp.multiply(dy, y, out=inner)
