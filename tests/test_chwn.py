@@ -260,3 +260,18 @@ def test_conv_without_bias_and_frozen_weights(monkeypatch):
     assert net.layer_dict["conv1"].chwn and net.layer_dict["conv3"].chwn
     _, reference = _run(text, monkeypatch, "nchw")
     _compare(working, reference)
+
+
+def test_mixed_chain_with_a_layer_outside_the_working_layout(monkeypatch):
+    """conv3 feeds a Sigmoid (Caffe's order only): conv3 runs its NCHW plan on a bottom held as
+    (C, H, W, N), and pool3 takes an NCHW bottom; every number still matches."""
+    text = CHAIN.replace(
+        'layer { name: "pool3" type: "Pooling" bottom: "conv3" top: "pool3"',
+        'layer { name: "sig" type: "Sigmoid" bottom: "conv3" top: "sig" }\n'
+        'layer { name: "pool3" type: "Pooling" bottom: "sig" top: "pool3"',
+    )
+    net, working = _run(text, monkeypatch, "auto")
+    assert net.blobs["pool2"].chwn_ok and not net.blobs["conv3"].chwn_ok
+    assert not net.layer_dict["conv3"].chwn and net.layer_dict["conv2"].chwn
+    _, reference = _run(text, monkeypatch, "nchw")
+    _compare(working, reference)

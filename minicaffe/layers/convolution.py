@@ -188,8 +188,10 @@ class BaseConvolutionLayer(Layer):
         return conv_supported(self.xp, geom, self.force_nd)
 
     def use_chwn(self, bottom, top) -> bool:
-        """Run the (C, H, W, N) plan: capable, and some bottom or top may hold that order."""
-        return self.chwn_capable() and any(b.chwn_ok for b in list(bottom) + list(top))
+        """Run the (C, H, W, N) plan: capable, and the tops may hold that order (else the NCHW
+        plans, which need no transpose at either end for 1x1 and first layers, as in ResNet's
+        conv -> BatchNorm chains; a bottom held as (C, H, W, N) is then read in NCHW)."""
+        return self.chwn_capable() and all(t.chwn_ok for t in top)
 
     def scratch(self, name: str, shape):
         """A buffer of this layer kept between calls (one per name and shape)."""
