@@ -23,7 +23,13 @@ import threading
 
 import numpy as np
 
-from minicaffe.functional import WHOLE_ELEMS, ConvGeometry, _window_ranges, parallel
+from minicaffe.functional import (
+    NUM_THREADS,
+    WHOLE_ELEMS,
+    ConvGeometry,
+    _window_ranges,
+    parallel,
+)
 
 # Column-buffer budget (elements) of one tile when the whole batch's columns do not fit
 # WHOLE_ELEMS. Tiled layers share one workspace per thread (as Caffe's column buffer), so
@@ -81,6 +87,7 @@ class ChwnConvPlan:
         self.col_size = (self.k_total + self.fuse) * rows * row
         self.waug = np.empty((num_output, self.k_total + 1), self.dtype) if self.fuse else None
         self.dwt_aug = np.empty((self.k_total + 1, num_output), self.dtype) if self.fuse else None
+        self.dw_parts = None
         # whole-batch columns are the layer's own (the backward reuses them); tiles share
         self._own_col = np.empty(self.col_size, self.dtype) if len(self.tiles) == 1 else None
         self.padded = any(geom.pad)
@@ -167,6 +174,27 @@ class ChwnConvPlan:
         col[self.k_total] = 1
         return col
 
+    def _weight_gradient(self, cols, dy2) -> None:
+        """dwt_aug = cols (K + 1, P) @ dy2^T (P, O). With few input rows (first layers) OpenBLAS
+        threads such a long, thin product poorly: the positions are then split between
+        NUM_THREADS threads (one BLAS thread each) and the partial products added in a fixed
+        order (measured 1.5x faster for LeNet's and cifar10_quick's conv1)."""
+        parts = min(NUM_THREADS, cols.shape[1])
+        if self.k_total >= 128 or parts < 2:
+            np.matmul(cols, dy2.T, out=self.dwt_aug)
+            return
+        if self.dw_parts is None:
+            self.dw_parts = np.empty((parts,) + self.dwt_aug.shape, self.dtype)
+        bounds = [cols.shape[1] * i // parts for i in range(parts + 1)]
+
+        def run(a, b):
+            for i in range(a, b):
+                sl = slice(bounds[i], bounds[i + 1])
+                np.matmul(cols[:, sl], dy2[:, sl].T, out=self.dw_parts[i])
+
+        parallel(run, parts, cols.size, gemm=True)
+        np.sum(self.dw_parts, axis=0, out=self.dwt_aug)
+
     def _tile_rows(self, a, h0, h1):
         """Rows h0:h1 of a (O, H_out, W_out, N) array as (G, O/G, positions) (a view)."""
         return a[:, h0:h1].reshape(self.g, self.og, -1)
@@ -218,7 +246,7 @@ class ChwnConvPlan:
             if fused:
                 if not reuse:
                     self._im2col(src, h0, h1)
-                np.matmul(self._tile_col_ones(h0, h1), dyt[0].T, out=self.dwt_aug)
+                self._weight_gradient(self._tile_col_ones(h0, h1), dyt[0])
                 dw += self.dwt_aug[: self.k_total].T
                 db += self.dwt_aug[self.k_total]
             elif dw3 is not None:
