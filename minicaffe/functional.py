@@ -3,6 +3,10 @@
 Convolution geometry (Caffe's rules), im2col/col2im in N spatial dimensions, the GEMM plans used
 by Convolution and Deconvolution, and the pooling windows used by Pooling and SPP.
 
+Inside a net on NumPy, chains of 2-D convolutions and pooling run instead in the batch-innermost
+working layout of :mod:`minicaffe.chwn` (see docs/performance.md); the plans here serve the
+other cases (1x1 and first layers before NCHW layers, N-d, CuPy, MINICAFFE_LAYOUT=nchw).
+
 Speed notes (measured on shared 2-core machines; tools/bench_nets.py prints whole-net figures):
 what decides the time of a NumPy convolution is not the GEMM alone but the copies around it.
 
