@@ -63,7 +63,11 @@ def _run(text, monkeypatch, layout, phase=minicaffe.TRAIN, steps=2):
             else:
                 blob.data[...] = rng.standard_normal(blob.shape)
         net.clear_param_diffs()
-        loss = net.forward_backward()
+        loss = net.forward_prefilled()
+        for name in net.outputs:  # outputs without a loss weight: random top gradients
+            if not net.blob_loss_weights.get(name):
+                net.blobs[name].diff[...] = rng.standard_normal(net.blobs[name].shape)
+        net.backward_from_to()
         out = {"loss": np.float64(loss)}
         for name, blob in net.blobs.items():
             out[f"data:{name}"] = blob.data.copy()
@@ -76,6 +80,9 @@ def _run(text, monkeypatch, layout, phase=minicaffe.TRAIN, steps=2):
 
 
 def _compare(a, b):
+    grads = [k for k in a[0] if k.startswith("grad:")]
+    zero = [k for k in grads if not np.any(a[0][k] != 0)]
+    assert grads and len(zero) <= 1, f"gradients all zero: {zero}"  # (one frozen weight below)
     for step_a, step_b in zip(a, b):
         assert step_a.keys() == step_b.keys()
         for key in step_a:
@@ -150,11 +157,11 @@ def test_user_read_between_forward_and_backward(monkeypatch):
         "pool: MAX kernel_size: 2 stride: 2 round_mode: FLOOR",
     ],
 )
-def test_pooling_variants(monkeypatch, pool):
+def test_pooling_variants(monkeypatch, pool, width=7):
     text = f"""
     force_backward: true
     layer {{ name: "data" type: "Input" top: "data"
-            input_param {{ shape {{ dim: 5 dim: 2 dim: 8 dim: 7 }} }} }}
+            input_param {{ shape {{ dim: 5 dim: 2 dim: 8 dim: {width} }} }} }}
     layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv"
             convolution_param {{ num_output: 3 kernel_size: 1
               weight_filler {{ type: "gaussian" std: 1 }} }} }}
@@ -248,7 +255,7 @@ def test_chain_in_row_tiles(monkeypatch):
 def test_conv_without_bias_and_frozen_weights(monkeypatch):
     """No bias term, and weights with lr_mult 0 (bias gradient only): the fused bias path
     must not be taken where it does not apply."""
-    text = CHAIN.replace(
+    text = CHAIN.replace("force_backward: true", "").replace(  # (it would unfreeze the weights)
         'convolution_param { num_output: 8 kernel_size: 3 pad: 1',
         'param { lr_mult: 0 } param { lr_mult: 1 }\n'
         'convolution_param { num_output: 8 kernel_size: 3 pad: 1',
@@ -258,6 +265,8 @@ def test_conv_without_bias_and_frozen_weights(monkeypatch):
     )
     net, working = _run(text, monkeypatch, "auto")
     assert net.layer_dict["conv1"].chwn and net.layer_dict["conv3"].chwn
+    assert net.layers[1].param_propagate_down == [False, True]
+    assert not np.any(working[0]["grad:conv1[0]"]) and np.any(working[0]["grad:conv1[1]"])
     _, reference = _run(text, monkeypatch, "nchw")
     _compare(working, reference)
 
@@ -275,3 +284,11 @@ def test_mixed_chain_with_a_layer_outside_the_working_layout(monkeypatch):
     assert not net.layer_dict["conv3"].chwn and net.layer_dict["conv2"].chwn
     _, reference = _run(text, monkeypatch, "nchw")
     _compare(working, reference)
+
+
+@pytest.mark.parametrize("pool", ["pool: MAX kernel_size: 2 stride: 2",
+                                  "pool: AVE kernel_size: 2 stride: 2"])
+def test_pooling_windows_tiling_the_input(monkeypatch, pool):
+    """2x2 windows covering an 8x8 input exactly (LeNet's case: each offset writes its own
+    positions of the gradient; MAX runs as a tournament of pairs)."""
+    test_pooling_variants(monkeypatch, pool, width=8)
