@@ -39,7 +39,6 @@ from minicaffe.functional import (
 # CaffeNet forward 1.15x.
 TILE_ELEMS = int(os.environ.get("MINICAFFE_CHWN_TILE", 1 << 25))
 WHOLE = int(os.environ.get("MINICAFFE_CHWN_WHOLE", WHOLE_ELEMS))
-FWD_TILE_ELEMS = int(os.environ.get("MINICAFFE_CHWN_FWD_TILE", 1 << 20))
 _local = threading.local()
 # Input bytes per block of channels in the pooling passes (a block's passes stay in cache).
 CHUNK_BYTES = int(os.environ.get("MINICAFFE_POOL_CHUNK", 1 << 19))
@@ -81,14 +80,6 @@ class ChwnConvPlan:
             rows = max(1, min(self.ho, TILE_ELEMS // max(1, self.k_total * row)))
         self.rows = rows
         self.tiles = [(h0, min(self.ho, h0 + rows)) for h0 in range(0, self.ho, rows)]
-        # the forward of a tiled layer (nothing kept for the backward) runs in smaller tiles:
-        # its columns are read once, right after they are written (cifar10_quick's conv2
-        # forward alone, caches cold: 34 ms in one-row tiles, 41 ms in one tile; the backward,
-        # which reads each tile's columns twice, is faster in large ones: 59 vs 69 ms)
-        fwd_rows = rows
-        if len(self.tiles) > 1 or whole > WHOLE:
-            fwd_rows = max(1, min(rows, FWD_TILE_ELEMS // max(1, self.k_total * row)))
-        self.fwd_tiles = [(h0, min(self.ho, h0 + fwd_rows)) for h0 in range(0, self.ho, fwd_rows)]
         # one group: the bias rides in the GEMMs as a row of ones under the columns (no pass
         # over the top to add it; the weight-gradient GEMM yields the bias gradient as its
         # last row)
@@ -216,7 +207,7 @@ class ChwnConvPlan:
         if fused:
             self.waug[:, : self.k_total] = w2
             self.waug[:, self.k_total] = bias
-        for h0, h1 in self.fwd_tiles:
+        for h0, h1 in self.tiles:
             self._im2col(src, h0, h1)
             out = self._tile_rows(y, h0, h1)
             if fused:
@@ -225,7 +216,7 @@ class ChwnConvPlan:
             col = self._tile_col(h0, h1)
             for g in range(self.g):
                 np.matmul(w3[g], col[g], out=out[g])
-        self._cols_of = _key(src) if len(self.fwd_tiles) == 1 else None
+        self._cols_of = _key(src) if len(self.tiles) == 1 else None
         if bias is not None and not fused:
             y3 = y.reshape(self.o, -1)
 
