@@ -1,15 +1,18 @@
 """Batch-innermost (C, H, W, N) kernels for 2-D convolution and pooling on NumPy.
 
-Chains of Convolution, Pooling, ReLU and InnerProduct layers pass their blobs in this order
-(see ``Blob.write_chwn``), so no layer pays a transpose at its ends:
+Chains of Convolution, Pooling, ReLU, LRN and InnerProduct layers pass their blobs in this
+order (see ``Blob.write_chwn`` and docs/performance.md), so no layer pays a transpose at its
+ends:
 
 * Convolution: the columns of a tile of output rows are ``kh * kw`` strided copies whose
   contiguous runs are ``W_out * N`` values long, and the GEMM ``W (O, K) @ col (K, rows * W_out
-  * N)`` writes the tile's rows of the (O, H_out, W_out, N) top in place. The weight gradient is
-  ``dy @ col^T`` per tile (the forward's columns are kept and reused when the whole batch is one
-  tile), the data gradient ``W^T @ dy`` added back at the kernel offsets.
-* Pooling: every kernel offset is one strided view of the (padded) input with N contiguous
-  values per window position, so MAX/AVE are ``kh * kw`` elementwise passes over the output.
+  * N)`` writes the tile's rows of the (O, H_out, W_out, N) top in place (with one group, the
+  bias rides along as a row of ones). The weight gradient is ``col @ dy^T`` per tile (the
+  forward's columns are kept and reused when the whole batch is one tile), the data gradient
+  ``W^T @ dy`` added back at the kernel offsets.
+* Pooling: every kernel offset is one strided view of the input, clipped to the windows it
+  falls in, with N contiguous values per window position, so MAX/AVE are ``kh * kw``
+  elementwise passes over the output.
 * InnerProduct reads a (C, H, W, N) bottom as the (C*H*W, N) matrix it already is.
 
 Copies and elementwise passes are split by channel between NUM_THREADS threads (NumPy releases
