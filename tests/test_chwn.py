@@ -292,3 +292,27 @@ def test_pooling_windows_tiling_the_input(monkeypatch, pool):
     """2x2 windows covering an 8x8 input exactly (LeNet's case: each offset writes its own
     positions of the gradient; MAX runs as a tournament of pairs)."""
     test_pooling_variants(monkeypatch, pool, width=8)
+
+
+def test_batch_size_change(monkeypatch):
+    """A new batch size (net.reshape, or forward with a differently sized input) re-plans the
+    working-layout layers; the numbers still match Caffe's order."""
+    outs = {}
+    for layout in ("auto", "nchw"):
+        monkeypatch.setenv("MINICAFFE_LAYOUT", layout)
+        net = minicaffe.Net(CHAIN.replace("force_backward: true", ""), minicaffe.TEST)
+        rng = np.random.default_rng(11)
+        for blobs in net.params.values():
+            for b in blobs:
+                b.data[...] = rng.standard_normal(b.shape) * 0.3
+        results = []
+        for batch in (6, 2, 5):
+            x = rng.standard_normal((batch, 3, 13, 11))
+            label = rng.integers(0, 4, batch)
+            out = net.forward(data=x, label=label)
+            results.append((float(out["loss"]), net.blobs["pool3"].data.copy()))
+        outs[layout] = results
+    for (loss_a, pool_a), (loss_b, pool_b) in zip(outs["auto"], outs["nchw"], strict=True):
+        assert pool_a.shape == pool_b.shape
+        np.testing.assert_allclose(pool_a, pool_b, rtol=2e-5, atol=2e-6)
+        assert loss_a == pytest.approx(loss_b, rel=1e-5)
