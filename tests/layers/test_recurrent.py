@@ -86,8 +86,13 @@ def test_lstm_static_input_and_exposed_state():
     check_gradient(layer, bottom, top, check_bottoms=[0, 2, 3, 4])
 
 
-def test_lstm_gradient():
-    layer, bottom, top = make_layer(_text("LSTM"), [_x(4), CONT])
+def test_lstm_gradient(xp):
+    layer, bottom, top = make_layer(_text("LSTM"), [_x(4), CONT], xp=xp)
+    check_gradient(layer, bottom, top, check_bottoms=[0])
+
+
+def test_rnn_gradient(xp):
+    layer, bottom, top = make_layer(_text("RNN"), [_x(12), CONT], xp=xp)
     check_gradient(layer, bottom, top, check_bottoms=[0])
 
 
