@@ -456,6 +456,17 @@ class ChwnPoolPlan:
         parallel(part, len(blocks), work)
 
 
+# Batch size from which strided windows pay off in the working layout: a window position then
+# holds N contiguous values (stride 1 gives runs of W_out * N at any batch size). GoogLeNet at
+# batch 8 ran its 7x7/2 convolution and 3x3/2 pooling 1.1-1.7x slower in (C, H, W, N).
+MIN_STRIDED_BATCH = int(os.environ.get("MINICAFFE_CHWN_MIN_BATCH", 16))
+
+
+def strided_ok(stride, batch: int) -> bool:
+    """Whether a layer with this stride runs well in the working layout at this batch size."""
+    return all(s == 1 for s in stride) or batch >= MIN_STRIDED_BATCH
+
+
 def _key(a):
     """Address, shape and strides of an array: which input a plan's columns were made from."""
     return a.ctypes.data, a.shape, a.strides

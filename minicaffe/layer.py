@@ -140,6 +140,10 @@ class Layer:
         """False for bottoms that never take a gradient (labels, indices) under force_backward."""
         return True
 
+    # True when reading a bottom in the (C, H, W, N) order pays off only if this layer's tops
+    # stay in that order too (see Net._mark_working_layout).
+    chwn_needs_held_tops = False
+
     def takes_chwn(self, bottom_index: int) -> bool:
         """Whether this layer reads bottom ``bottom_index`` (data and diff) in the (C, H, W, N)
         working order when it is held that way (see :class:`Blob`); others see NCHW."""

@@ -289,21 +289,34 @@ class Net:
     def _mark_working_layout(self) -> None:
         """Mark the blobs that may stay in the (C, H, W, N) working order between layers: on
         NumPy, read only by layers that take that order, neither net input nor output, and not
-        mirrored to another device. MINICAFFE_LAYOUT=nchw keeps every blob in Caffe's order."""
+        mirrored to another device. A layer that gains from that order only when its own tops
+        keep it (Convolution: otherwise its NCHW plans, e.g. the copy-free 1x1 one, are faster)
+        counts as taking it only then, so the marks are settled by iterating to a fixed point
+        (GoogLeNet's 1x1 reduce -> 3x3 pairs, whose 3x3 feeds a Concat, stay in NCHW).
+        MINICAFFE_LAYOUT=nchw keeps every blob in Caffe's order."""
         if os.environ.get("MINICAFFE_LAYOUT", "auto").lower() == "nchw":
             return
+        exposed = {id(self.blobs[n]) for n in set(self.inputs) | set(self.outputs)
+                   if n in self.blobs}
         ok: dict[int, bool] = {}
         for li, layer in enumerate(self.layers):
             mirrored = {id(tr.mirror) for tr in self._transfers[li]}
             for bi, blob in enumerate(self._bottom_vecs[li]):
                 takes = blob.xp is np and id(blob) not in mirrored and layer.takes_chwn(bi)
-                ok[id(blob)] = ok.get(id(blob), True) and takes
-        exposed = set(self.inputs) | set(self.outputs)
-        for name, blob in self.blobs.items():
-            blob.chwn_ok = ok.get(id(blob), False) and name not in exposed
-        for name in exposed:
-            if name in self.blobs:
-                self.blobs[name].chwn_ok = False
+                ok[id(blob)] = ok.get(id(blob), True) and takes and id(blob) not in exposed
+        changed = True
+        while changed:
+            changed = False
+            for li, layer in enumerate(self.layers):
+                if not layer.chwn_needs_held_tops:
+                    continue
+                tops_held = all(ok.get(id(t), False) for t in self._top_vecs[li])
+                for blob in self._bottom_vecs[li]:
+                    if ok.get(id(blob)) and not tops_held:
+                        ok[id(blob)] = False
+                        changed = True
+        for blob in self.blobs.values():
+            blob.chwn_ok = ok.get(id(blob), False) and id(blob) not in exposed
 
     def _share_param(self, lp, pi, blob, owner_blob, spec, owner_index) -> None:
         strict = spec.share_mode == caffe_pb2.ParamSpec.STRICT

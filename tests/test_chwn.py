@@ -14,6 +14,16 @@ import pytest
 import minicaffe
 from minicaffe.blob import Blob
 
+
+@pytest.fixture(autouse=True)
+def _strided_at_any_batch(monkeypatch):
+    """The nets here use small batches: let strided layers take the working layout anyway (the
+    batch-size rule itself is tested below)."""
+    from minicaffe import chwn
+
+    monkeypatch.setattr(chwn, "MIN_STRIDED_BATCH", 0)
+
+
 CHAIN = """
 name: "chain"
 force_backward: true
@@ -272,15 +282,18 @@ def test_conv_without_bias_and_frozen_weights(monkeypatch):
 
 
 def test_mixed_chain_with_a_layer_outside_the_working_layout(monkeypatch):
-    """conv3 feeds a Sigmoid (Caffe's order only): conv3 runs its NCHW plan on a bottom held as
-    (C, H, W, N), and pool3 takes an NCHW bottom; every number still matches."""
+    """conv3 feeds a Sigmoid (Caffe's order only), so conv3 runs its NCHW plan and its bottom
+    pool2 is not held either (a convolution gains from the working order only when its top
+    keeps it); pool2 then reads a held bottom and writes Caffe's order, and pool3 takes an
+    NCHW bottom. Every number still matches."""
     text = CHAIN.replace(
         'layer { name: "pool3" type: "Pooling" bottom: "conv3" top: "pool3"',
         'layer { name: "sig" type: "Sigmoid" bottom: "conv3" top: "sig" }\n'
         'layer { name: "pool3" type: "Pooling" bottom: "sig" top: "pool3"',
     )
     net, working = _run(text, monkeypatch, "auto")
-    assert net.blobs["pool2"].chwn_ok and not net.blobs["conv3"].chwn_ok
+    assert net.blobs["relu2"].chwn_ok and not net.blobs["pool2"].chwn_ok
+    assert not net.blobs["conv3"].chwn_ok
     assert not net.layer_dict["conv3"].chwn and net.layer_dict["conv2"].chwn
     _, reference = _run(text, monkeypatch, "nchw")
     _compare(working, reference)
@@ -316,3 +329,50 @@ def test_batch_size_change(monkeypatch):
         assert pool_a.shape == pool_b.shape
         np.testing.assert_allclose(pool_a, pool_b, rtol=2e-5, atol=2e-6)
         assert loss_a == pytest.approx(loss_b, rel=1e-5)
+
+
+def test_convolutions_whose_tops_leave_the_working_layout_keep_nchw(monkeypatch):
+    """GoogLeNet's pattern: a 1x1 reduce feeding a 3x3 convolution whose top goes to a Concat.
+    Holding the reduce's top would only add transposes (the 1x1 NCHW plan needs none), so
+    neither blob is held."""
+    text = """
+    layer { name: "data" type: "Input" top: "data"
+            input_param { shape { dim: 2 dim: 4 dim: 6 dim: 6 } } }
+    layer { name: "reduce" type: "Convolution" bottom: "data" top: "reduce"
+            convolution_param { num_output: 3 kernel_size: 1 } }
+    layer { name: "relu" type: "ReLU" bottom: "reduce" top: "reduce" }
+    layer { name: "conv" type: "Convolution" bottom: "reduce" top: "conv"
+            convolution_param { num_output: 5 kernel_size: 3 pad: 1 } }
+    layer { name: "other" type: "Convolution" bottom: "data" top: "other"
+            convolution_param { num_output: 2 kernel_size: 1 } }
+    layer { name: "cat" type: "Concat" bottom: "conv" bottom: "other" top: "cat" }
+    """
+    monkeypatch.setenv("MINICAFFE_LAYOUT", "auto")
+    net = minicaffe.Net(text, minicaffe.TEST)
+    assert not any(b.chwn_ok for b in net.blobs.values())
+
+
+def test_strided_layers_need_a_large_enough_batch(monkeypatch):
+    """With few items per window position (N contiguous values), strided convolution and
+    pooling run faster in Caffe's order: below MIN_STRIDED_BATCH they are not held; stride-1
+    layers are held at any batch."""
+    from minicaffe import chwn
+
+    monkeypatch.setattr(chwn, "MIN_STRIDED_BATCH", 16)
+    monkeypatch.setenv("MINICAFFE_LAYOUT", "auto")
+    text = """
+    layer { name: "data" type: "Input" top: "data"
+            input_param { shape { dim: BATCH dim: 2 dim: 12 dim: 12 } } }
+    layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+            convolution_param { num_output: 3 kernel_size: 3 } }
+    layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool"
+            pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+    layer { name: "conv2" type: "Convolution" bottom: "pool" top: "conv2"
+            convolution_param { num_output: 3 kernel_size: 3 } }
+    layer { name: "ip" type: "InnerProduct" bottom: "conv2" top: "ip"
+            inner_product_param { num_output: 2 } }
+    """
+    small = minicaffe.Net(text.replace("BATCH", "4"), minicaffe.TEST)
+    assert not small.blobs["conv"].chwn_ok and small.blobs["pool"].chwn_ok
+    large = minicaffe.Net(text.replace("BATCH", "16"), minicaffe.TEST)
+    assert large.blobs["conv"].chwn_ok and large.blobs["pool"].chwn_ok

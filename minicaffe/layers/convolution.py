@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minicaffe.chwn import ChwnConvPlan, conv_supported
+from minicaffe.chwn import ChwnConvPlan, conv_supported, strided_ok
 from minicaffe.errors import ShapeError
 from minicaffe.functional import ConvGeometry, conv_out_size, make_conv_plan
 from minicaffe.layer import Layer
@@ -180,18 +180,22 @@ class BaseConvolutionLayer(Layer):
             self._in = (num, self.channels) + in_size
             self._out = (num, self.num_output) + out
 
-    def chwn_capable(self) -> bool:
-        """2-D, channel axis 1, on NumPy, not reversed: the (C, H, W, N) plan applies."""
+    def chwn_capable(self, batch: int | None = None) -> bool:
+        """2-D, channel axis 1, on NumPy, not reversed, and (when strided) a batch large enough
+        for the (C, H, W, N) plan (``batch``: default, the one of the last reshape)."""
         if self.reverse or self.channel_axis != 1 or self.num_spatial != 2:
             return False
+        if batch is None:
+            batch = self._in[0] if getattr(self, "_in", None) else 0
         geom = ConvGeometry(self.kernel, self.stride, self.pad, self.dilation, (1, 1))
-        return conv_supported(self.xp, geom, self.force_nd)
+        return conv_supported(self.xp, geom, self.force_nd) and strided_ok(self.stride, batch)
 
     def use_chwn(self, bottom, top) -> bool:
         """Run the (C, H, W, N) plan: capable, and the tops may hold that order (else the NCHW
         plans, which need no transpose at either end for 1x1 and first layers, as in ResNet's
         conv -> BatchNorm chains; a bottom held as (C, H, W, N) is then read in NCHW)."""
-        return self.chwn_capable() and all(t.chwn_ok for t in top)
+        batch = bottom[0].shape[0] if bottom[0].num_axes == 4 else 0
+        return self.chwn_capable(batch) and all(t.chwn_ok for t in top)
 
     def scratch(self, name: str, shape):
         """A buffer of this layer kept between calls (one per name and shape)."""
@@ -234,6 +238,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
     min_bottom_blobs = 1
     min_top_blobs = 1
     equal_num_bottom_top_blobs = True
+
+    chwn_needs_held_tops = True  # (with an NCHW top the NCHW plans are as fast or faster)
 
     def takes_chwn(self, bottom_index: int) -> bool:
         return self.chwn_capable()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from minicaffe.backend import rng
-from minicaffe.chwn import ChwnPoolPlan
+from minicaffe.chwn import ChwnPoolPlan, strided_ok
 from minicaffe.errors import ShapeError
 from minicaffe.functional import PoolPlan, pool_out_size
 from minicaffe.layer import Layer
@@ -138,7 +138,13 @@ class PoolingLayer(Layer):
 
     def takes_chwn(self, bottom_index: int) -> bool:
         """MAX (without the mask top) and AVE on NumPy run in the (C, H, W, N) order."""
-        return self.xp is np and self.method in (MAX, AVE) and self.n_tops == 1
+        batch = self._plan_key[0][0] if self._plan_key else 0
+        return (
+            self.xp is np
+            and self.method in (MAX, AVE)
+            and self.n_tops == 1
+            and strided_ok(self.stride, batch)
+        )
 
     def _forward_chwn(self, bottom, top) -> None:
         n, c, ho, wo = top[0].shape
