@@ -24,6 +24,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from minicaffe.errors import ShapeError
+from minicaffe.functional import address_key
 
 _MAX_AXES = 32
 
@@ -144,6 +145,13 @@ class Blob:
         n, c, h, w = self._shape
         return self._buf(diff).array[: self._count].reshape(c, h, w, n)
 
+    def chwn_view(self, diff: bool = False):
+        """Data (or diff) as (C, H, W, N) for reading: the buffer itself when held that way,
+        else a transposed (strided) view of Caffe's order."""
+        if self.is_chwn(diff):
+            return self.chwn(diff)
+        return (self.diff if diff else self.data).transpose(1, 2, 3, 0)
+
     def write_chwn(self, diff: bool = False):
         """A (C, H, W, N) view to overwrite completely; the buffer is then held in that order.
         Only for a 4-D blob marked ``chwn_ok``."""
@@ -185,6 +193,8 @@ class Blob:
     def _assign(self, buf: _Buffer, value) -> None:
         view = self._view(buf)
         value = self._as_xp(value)
+        if value.shape == view.shape and address_key(value, False) == address_key(view, False):
+            return  # ``blob.diff += x`` hands back the view it just updated: nothing to copy
         if value.shape != view.shape and value.size == view.size:
             value = value.reshape(view.shape)
         view[...] = value

@@ -31,6 +31,7 @@ from minicaffe.functional import (
     WHOLE_ELEMS,
     ConvGeometry,
     _window_ranges,
+    address_key,
     parallel,
 )
 
@@ -72,16 +73,14 @@ class ChwnConvPlan:
         self.dtype = np.dtype(dtype)
         self.n, self.c, self.o, self.geom, self.g = num, channels, num_output, geom, group
         (self.h, self.w), (self.ho, self.wo) = geom.in_size, geom.out_size
-        self.kk = geom.kernel_count
-        self.k_total = channels * self.kk
-        self.kg, self.og, self.cg = self.k_total // group, num_output // group, channels // group
+        self.k_total = channels * geom.kernel_count
+        self.kg, self.og = self.k_total // group, num_output // group
         row = self.wo * num
         whole = self.k_total * self.ho * row
         if whole <= WHOLE:
             rows = self.ho
         else:
             rows = max(1, min(self.ho, TILE_ELEMS // max(1, self.k_total * row)))
-        self.rows = rows
         self.tiles = [(h0, min(self.ho, h0 + rows)) for h0 in range(0, self.ho, rows)]
         # one group: the bias rides in the GEMMs as a row of ones under the columns (no pass
         # over the top to add it; the weight-gradient GEMM yields the bias gradient as its
@@ -219,7 +218,7 @@ class ChwnConvPlan:
             col = self._tile_col(h0, h1)
             for g in range(self.g):
                 np.matmul(w3[g], col[g], out=out[g])
-        self._cols_of = _key(src) if len(self.tiles) == 1 else None
+        self._cols_of = address_key(src, thread=False) if len(self.tiles) == 1 else None
         if bias is not None and not fused:
             y3 = y.reshape(self.o, -1)
 
@@ -237,7 +236,7 @@ class ChwnConvPlan:
             db += dy.reshape(self.o, -1).sum(axis=1)
         if dw is None and dx is None:
             return
-        reuse = self._cols_of is not None and self._cols_of == _key(src)
+        reuse = self._cols_of is not None and self._cols_of == address_key(src, thread=False)
         self._cols_of = None
         dw3 = None if dw is None else dw.reshape(self.g, self.og, self.kg)
         target = None
@@ -342,19 +341,11 @@ class ChwnPoolPlan:
             pairs = self.direct and self.kernel == (2, 2)
 
             def run(c0, c1):
-                m = self.y[c0:c1]
                 if pairs:
                     return self._max_2x2(x, y, track, c0, c1)
-                first = True
-                for _, box, src, full in boxes(c0, c1):
-                    if first:
-                        if not full:
-                            m.fill(-np.inf)
-                        else:
-                            np.copyto(m, x[src])
-                            first = False
-                            continue
-                    first = False
+                m = self.y[c0:c1]
+                rest = self._start(boxes(c0, c1), m, x, -np.inf)
+                for _, box, src, _ in rest:
                     np.maximum(m[box], x[src], out=m[box])
                 y[c0:c1] = m
                 if track:  # first maximum: equal to the max and no earlier offset was
@@ -376,19 +367,24 @@ class ChwnPoolPlan:
         else:
             def run(c0, c1):
                 out = y[c0:c1]
-                first = True
-                for _, box, src, full in boxes(c0, c1):
-                    if first and full:
-                        np.copyto(out, x[src])
-                    else:
-                        if first:
-                            out.fill(0)
-                        o = out[box]
-                        o += x[src]
-                    first = False
+                for _, box, src, _ in self._start(boxes(c0, c1), out, x, 0):
+                    o = out[box]
+                    o += x[src]
                 out *= self.inv
 
             self._parallel(run, x.size)
+
+    @staticmethod
+    def _start(boxes, out, x, fill):
+        """Begin a reduction over the offsets: ``out`` = the first offset's view when that
+        covers every output, else ``fill``; returns the offsets still to fold in."""
+        boxes = list(boxes)
+        _, _, src, full = boxes[0]
+        if full:
+            np.copyto(out, x[src])
+            return boxes[1:]
+        out.fill(fill)
+        return boxes
 
     def _max_2x2(self, x, y, track: bool, c0: int, c1: int) -> None:
         """2x2 windows tiling the input (LeNet): the maximum as a tournament of pairs, whose
@@ -465,11 +461,6 @@ MIN_STRIDED_BATCH = int(os.environ.get("MINICAFFE_CHWN_MIN_BATCH", 16))
 def strided_ok(stride, batch: int) -> bool:
     """Whether a layer with this stride runs well in the working layout at this batch size."""
     return all(s == 1 for s in stride) or batch >= MIN_STRIDED_BATCH
-
-
-def _key(a):
-    """Address, shape and strides of an array: which input a plan's columns were made from."""
-    return a.ctypes.data, a.shape, a.strides
 
 
 def conv_supported(xp, geom: ConvGeometry, force_nd: bool) -> bool:

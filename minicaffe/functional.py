@@ -627,7 +627,7 @@ class Conv2dPlan(_Tiled):
         if load:
             self.load(x)
         # one tile: its columns stay in the scratch for the weight gradient of the backward
-        self._col_of = _address_key(x) if len(self.tiles) == 1 else None
+        self._col_of = address_key(x) if len(self.tiles) == 1 else None
         wt = _t(w2.reshape(self.g, self.og, self.kg))  # (G, K/G, O/G)
         b3 = None if bias is None else bias.reshape(self.g, 1, self.og)
 
@@ -666,7 +666,7 @@ class Conv2dPlan(_Tiled):
 
     def backward(self, w2, dy, dw=None, dx=None, db=None, x=None, x_loaded=False) -> None:
         xp, g = self.xp, self.g
-        reuse = x_loaded and self._col_of is not None and self._col_of == _address_key(x)
+        reuse = x_loaded and self._col_of is not None and self._col_of == address_key(x)
         self._col_of = None  # the data gradient below may overwrite the columns
         if dw is not None and not (x_loaded and self._loaded):
             self.load(x)
@@ -742,10 +742,11 @@ class Conv2dPlan(_Tiled):
             dx += bias.reshape(1, -1, 1, 1)
 
 
-def _address_key(x, thread: bool = True):
-    """(this thread, address and shape of ``x``): identifies the input whose columns a plan holds
-    (the layer's bottom does not move between its forward and backward); ``thread``: the
-    columns sit in this thread's scratch."""
+def address_key(x, thread: bool = True):
+    """(this thread, address, shape and strides of ``x``, a NumPy or CuPy array): identifies
+    the memory an array views, e.g. the input whose columns a plan holds (the layer's bottom
+    does not move between its forward and backward); ``thread``: the columns sit in this
+    thread's scratch (else the first item is None)."""
     ptr = x.ctypes.data if isinstance(x, np.ndarray) else x.data.ptr
     return threading.get_ident() if thread else None, ptr, x.shape, x.strides
 
@@ -843,7 +844,7 @@ class Conv2dDirectPlan(_Tiled):
         xp = self.xp
         wg = w2.reshape(self.g, self.o // self.g, -1)
         b3 = None if bias is None else bias.reshape(1, -1, 1)
-        self._col_of = None if self.full_col is None else _address_key(x, thread=False)
+        self._col_of = None if self.full_col is None else address_key(x, thread=False)
 
         def run(i, j):
             sc = self._local(self._scratch)
@@ -863,7 +864,7 @@ class Conv2dDirectPlan(_Tiled):
         if db is not None:
             db += dy.reshape(self.n, self.o, self.p).sum(axis=(0, 2))
         key = self._col_of
-        reuse = x_loaded and key is not None and key == _address_key(x, thread=False)
+        reuse = x_loaded and key is not None and key == address_key(x, thread=False)
         self._col_of = None  # the data gradient below may overwrite the columns
         accs = []
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from minicaffe.chwn import ChwnConvPlan, conv_supported, strided_ok
 from minicaffe.errors import ShapeError
 from minicaffe.functional import ConvGeometry, conv_out_size, make_conv_plan
 from minicaffe.layer import Layer
+from minicaffe.layers._broadcast import scratch
 from minicaffe.registry import register_layer
 
 
@@ -157,7 +156,6 @@ class BaseConvolutionLayer(Layer):
                 src_channels, dst_channels, src_size = self.channels, self.num_output, in_size
             geom = ConvGeometry(self.kernel, self.stride, self.pad, self.dilation, src_size)
             self.chwn = chwn
-            self._scratch = {}
             if chwn:
                 self.plans = [
                     ChwnConvPlan(self.dtype, num, self.channels, self.num_output, geom, self.group)
@@ -196,13 +194,6 @@ class BaseConvolutionLayer(Layer):
         conv -> BatchNorm chains; a bottom held as (C, H, W, N) is then read in NCHW)."""
         batch = bottom[0].shape[0] if bottom[0].num_axes == 4 else 0
         return self.chwn_capable(batch) and all(t.chwn_ok for t in top)
-
-    def scratch(self, name: str, shape):
-        """A buffer of this layer kept between calls (one per name and shape)."""
-        buf = self._scratch.get(name)
-        if buf is None or buf.shape != tuple(shape):
-            buf = self._scratch[name] = np.empty(shape, self.dtype)
-        return buf
 
     def spatial_out(self, in_size) -> tuple[int, ...]:
         out = tuple(
@@ -253,29 +244,23 @@ class ConvolutionLayer(BaseConvolutionLayer):
             plan.forward(b.data.reshape(self._in), w2, t.data.reshape(self._out), bias)
 
     def _forward_chwn(self, bottom, top, w2, bias):
-        for i, (plan, b, t) in enumerate(zip(self.plans, bottom, top)):
+        for plan, b, t in zip(self.plans, bottom, top):  # (the tops are chwn_ok: use_chwn)
             chwn = b.is_chwn()
             src = plan.source(b.chwn() if chwn else b.data, chwn)
-            n, o, ho, wo = t.shape
-            y = t.write_chwn() if t.chwn_ok else self.scratch(f"y{i}", (o, ho, wo, n))
-            plan.forward(src, w2, y, bias)
-            if not t.chwn_ok:
-                t.data[...] = y.transpose(3, 0, 1, 2)
+            plan.forward(src, w2, t.write_chwn(), bias)
 
     def _backward_chwn(self, top, propagate_down, bottom, w2, dw, db):
         for i, (plan, b, t) in enumerate(zip(self.plans, bottom, top)):
             dx = None
             if propagate_down[i]:
                 n, c, h, w = b.shape
-                dx = b.write_chwn(diff=True) if b.chwn_ok else self.scratch(f"dx{i}", (c, h, w, n))
+                dx = b.write_chwn(diff=True) if b.chwn_ok else scratch(self, f"dx{i}", (c, h, w, n))
             if dw is None and db is None and dx is None:
                 continue
-            if t.is_chwn(diff=True):
-                dy = t.chwn(diff=True)
-            else:
-                n, o, ho, wo = t.shape
-                dy = self.scratch(f"dy{i}", (o, ho, wo, n))
-                dy[...] = t.diff.transpose(1, 2, 3, 0)
+            dy = t.chwn_view(diff=True)
+            if not dy.flags.c_contiguous:  # (the GEMMs take it in tiles of rows)
+                view, dy = dy, scratch(self, f"dy{i}", dy.shape)
+                dy[...] = view
             chwn = b.is_chwn()
             src = plan.loaded_source(b.chwn() if chwn else b.data, chwn)
             plan.backward(w2, dy, src, dw=dw, db=db, dx=dx)

@@ -75,10 +75,9 @@ class LRNLayer(Layer):
 
     def _interior(self):
         half = (self.size - 1) // 2
-        n, c, h, w = self._shape
         if self.region == ACROSS_CHANNELS:
-            c = self.padded.shape[1] - (self.size - 1)
-            return self.padded[:, half : half + c].reshape(self._shape)
+            return self.padded[:, half : self.padded.shape[1] - half].reshape(self._shape)
+        _, _, h, w = self._shape
         return self.padded[:, :, half : half + h, half : half + w]
 
     def _window(self, out) -> None:
@@ -102,15 +101,8 @@ class LRNLayer(Layer):
         not), else Caffe's order."""
         if not self._chwn:
             return bottom[0].data, top[0].data, top[0].diff, bottom[0].diff
-        b, t = bottom[0], top[0]
-
-        def view(blob, diff):
-            if blob.is_chwn(diff):
-                return blob.chwn(diff)
-            return (blob.diff if diff else blob.data).transpose(1, 2, 3, 0)
-
-        dx = b.write_chwn(diff=True) if b.chwn_ok else b.diff.transpose(1, 2, 3, 0)
-        return view(b, False), view(t, False), view(t, True), dx
+        b, t = bottom[0], top[0]  # (the bottom was held at forward, so it is chwn_ok)
+        return b.chwn_view(), t.chwn_view(), t.chwn_view(diff=True), b.write_chwn(diff=True)
 
     def forward(self, bottom, top):
         self._buffers(bottom[0].shape, bottom[0].is_chwn())

@@ -157,26 +157,11 @@ class PoolingLayer(Layer):
 
     def _backward_chwn(self, top, bottom) -> None:
         plan = self.chwn_plan
+        b = bottom[0]  # (held in the working order at forward, so chwn_ok)
         if self.method == MAX and not self._tracked:  # TEST forward skipped the argmax
-            b = bottom[0]
-            plan.forward(b.chwn() if b.is_chwn() else b.data.transpose(1, 2, 3, 0), plan.tmp,
-                         track=True)
+            plan.forward(b.chwn_view(), plan.tmp, track=True)
             self._tracked = True
-        t, b = top[0], bottom[0]
-        if t.is_chwn(diff=True):
-            dy = t.chwn(diff=True)
-        else:
-            dy = self._dy = getattr(self, "_dy", None)
-            if dy is None or dy.shape != plan.y.shape:
-                dy = self._dy = np.empty(plan.y.shape, self.dtype)
-            dy[...] = t.diff.transpose(1, 2, 3, 0)
-        if b.chwn_ok:
-            plan.backward(dy, b.write_chwn(diff=True))
-        else:
-            n, c, h, w = b.shape
-            dx = np.empty((c, h, w, n), self.dtype)
-            plan.backward(dy, dx)
-            b.diff[...] = dx.transpose(3, 0, 1, 2)
+        plan.backward(top[0].chwn_view(diff=True), b.write_chwn(diff=True))
 
     def forward(self, bottom, top):
         self._chwn = self.chwn_plan is not None and bottom[0].is_chwn()

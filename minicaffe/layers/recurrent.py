@@ -188,16 +188,16 @@ class RecurrentLayer(Layer):
         ppd = self.param_propagate_down
         x2 = bottom[0].data.reshape(self.t * self.n, self.in_dim)
         if ppd[0]:
-            w.diff[...] += xp.matmul(d2.T, x2)
+            w.diff += xp.matmul(d2.T, x2)
         if ppd[1]:
-            b.diff[...] += d2.sum(axis=0)
+            b.diff += d2.sum(axis=0)
         if propagate_down[0]:
             bottom[0].diff.reshape(self.t * self.n, self.in_dim)[...] = xp.matmul(d2, w.data)
         if self.static:
             ds = dpre.sum(axis=0)  # (N, rows): the static input feeds every step
             s2 = bottom[2].data.reshape(self.n, self.static_dim)
             if ppd[2]:
-                w_static.diff[...] += xp.matmul(ds.T, s2)
+                w_static.diff += xp.matmul(ds.T, s2)
             if propagate_down[2]:
                 bottom[2].diff.reshape(self.n, self.static_dim)[...] = xp.matmul(ds, w_static.data)
 
@@ -291,7 +291,7 @@ class LSTMLayer(RecurrentLayer):
             dh_next = xp.matmul(dgates, w_h.data) * cont[t].reshape(-1, 1)
             dc_next = dc_prev
         if self.param_propagate_down[self.w_h_index]:
-            w_h.diff[...] += dw_h
+            w_h.diff += dw_h
         self.input_backward(bottom, propagate_down, dpre, w, b, w_static)
         self.state_backward(bottom, propagate_down, [dh_next, dc_next])
 
@@ -319,12 +319,14 @@ class RNNLayer(RecurrentLayer):
         self.init_param(k + 2, (h,), bf)  # b_o
         self.w_h_index = k
 
+    def _weights(self):
+        k = self.w_h_index
+        w_static = self.blobs[2] if self.static else None
+        return (self.blobs[0], self.blobs[1], w_static) + tuple(self.blobs[k : k + 3])
+
     def forward(self, bottom, top):
         xp = self.xp
-        k = self.w_h_index
-        w, b = self.blobs[0], self.blobs[1]
-        w_static = self.blobs[2] if self.static else None
-        w_hh, w_ho, b_o = self.blobs[k], self.blobs[k + 1], self.blobs[k + 2]
+        w, b, w_static, w_hh, w_ho, b_o = self._weights()
         pre = self.input_transform(bottom, w, b, w_static)
         cont = bottom[1].data
         (h_prev,) = self.initial_state(bottom)
@@ -343,9 +345,7 @@ class RNNLayer(RecurrentLayer):
         self.check_propagate(propagate_down)
         xp = self.xp
         k = self.w_h_index
-        w, b = self.blobs[0], self.blobs[1]
-        w_static = self.blobs[2] if self.static else None
-        w_hh, w_ho, b_o = self.blobs[k], self.blobs[k + 1], self.blobs[k + 2]
+        w, b, w_static, w_hh, w_ho, b_o = self._weights()
         cont = bottom[1].data
         y, dy = top[0].data, top[0].diff
         (dh_next,) = self.final_state_diffs(top)
@@ -366,7 +366,7 @@ class RNNLayer(RecurrentLayer):
         for blob, grad, need in ((w_hh, dw_hh, ppd[k]), (w_ho, dw_ho, ppd[k + 1]),
                                  (b_o, db_o, ppd[k + 2])):
             if need:
-                blob.diff[...] += grad
+                blob.diff += grad
         self.input_backward(bottom, propagate_down, dpre, w, b, w_static)
         self.state_backward(bottom, propagate_down, [dh_next])
 
