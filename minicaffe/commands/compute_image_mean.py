@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sys
 
+from minicaffe.commands import add_backend_argument, check_backend
+
 HELP = "compute the mean image of a Datum LMDB (for transform_param mean_file)"
 DESCRIPTION = (
     "Average every Datum of an LMDB (as written by convert-imageset) pixel by pixel and write the "
@@ -27,14 +29,7 @@ def add_arguments(parser) -> None:
         default=None,
         help="mean .binaryproto to write (omit to only print the means)",
     )
-    parser.add_argument(
-        "--backend",
-        "-backend",
-        default="lmdb",
-        type=str.lower,
-        choices=["lmdb", "leveldb"],
-        help="only lmdb is supported",
-    )
+    add_backend_argument(parser)
 
 
 def compute_mean(db: str):
@@ -73,13 +68,9 @@ def compute_mean(db: str):
 
 
 def run(args) -> int:
-    from minicaffe.errors import DataError
     from minicaffe.prototxt import write_binaryproto
 
-    if args.backend != "lmdb":
-        from minicaffe.data.data import LEVELDB_HELP
-
-        raise DataError(f"backend '{args.backend}': {LEVELDB_HELP}")
+    check_backend(args)
     mean, count = compute_mean(args.db)
     print(f"Processed {count} files.", file=sys.stderr)
     if args.output:

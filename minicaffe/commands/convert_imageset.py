@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import sys
 
+from minicaffe.commands import add_backend_argument, check_backend
+
 HELP = "build an LMDB of Caffe Datum records from a list of images and labels"
 DESCRIPTION = (
     "Convert images to an LMDB of Datum records that Caffe's (and minicaffe's) Data layer reads. "
@@ -45,14 +47,7 @@ def add_arguments(parser) -> None:
         default=None,
         help="random seed of --shuffle (default: a fresh one, as Caffe)",
     )
-    parser.add_argument(
-        "--backend",
-        "-backend",
-        default="lmdb",
-        type=str.lower,
-        choices=["lmdb", "leveldb"],
-        help="only lmdb is supported",
-    )
+    add_backend_argument(parser)
     parser.add_argument(
         "--resize_height",
         "--resize-height",
@@ -100,10 +95,7 @@ def run(args) -> int:
     from minicaffe.errors import DataError
     from minicaffe.proto import caffe_pb2
 
-    if args.backend != "lmdb":
-        from minicaffe.data.data import LEVELDB_HELP
-
-        raise DataError(f"backend '{args.backend}': {LEVELDB_HELP}")
+    check_backend(args)
     if (args.resize_height > 0) != (args.resize_width > 0):
         raise DataError(
             "--resize_height and --resize_width must be given together; received "
