@@ -11,7 +11,9 @@ sum(top * R) for a fixed random R, for every bottom it is told to check and ever
 from __future__ import annotations
 
 import contextlib
+import json
 import types
+from pathlib import Path
 
 import numpy as np
 from google.protobuf import text_format
@@ -20,6 +22,19 @@ from minicaffe.backend import CPU_DEVICE, Device, to_numpy
 from minicaffe.blob import Blob
 from minicaffe.proto import caffe_pb2
 from minicaffe.registry import create_layer
+
+# The worked loss cases of the spec (tests/data/loss-cases.json), by case name.
+LOSS_CASES = json.loads((Path(__file__).parent / "data" / "loss-cases.json").read_text())
+
+
+def case_input(case: str, key: str):
+    """Input ``key`` of loss case ``case`` as a float64 array."""
+    return np.asarray(LOSS_CASES[case]["inputs"][key], dtype=np.float64)
+
+
+def case_output(case: str, key: str):
+    """Expected output ``key`` of loss case ``case`` as a float64 array."""
+    return np.asarray(LOSS_CASES[case]["outputs"][key], dtype=np.float64)
 
 
 class FakeCupy(types.ModuleType):

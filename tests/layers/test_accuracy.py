@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from minicaffe.backend import to_numpy
 from minicaffe.errors import LabelError, LayerError, ShapeError
-from tests.helpers import make_layer
+from tests.helpers import LOSS_CASES, make_layer
 
-CASES = json.loads((Path(__file__).parents[1] / "data" / "loss-cases.json").read_text())
-C20 = CASES["C20"]
+C20 = LOSS_CASES["C20"]
 
 
 def accuracy(params, arrays, xp=np, tops=1):

@@ -3,26 +3,16 @@ worked cases, finite-difference gradients for every option, and Net-level behavi
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from minicaffe.backend import to_numpy
 from minicaffe.prototxt import write_binaryproto
-from tests.helpers import check_gradient, make_layer
+from tests.helpers import LOSS_CASES, case_input, case_output, check_gradient, make_layer
 
-CASES = json.loads((Path(__file__).parents[1] / "data" / "loss-cases.json").read_text())
+CASES = LOSS_CASES
 RTOL = 1e-9
-
-
-def out(case, key):
-    return np.asarray(CASES[case]["outputs"][key], dtype=np.float64)
-
-
-def inp(case, key):
-    return np.asarray(CASES[case]["inputs"][key], dtype=np.float64)
+out, inp = case_output, case_input
 
 
 def run(text, arrays, xp=np, propagate=None, dtype=np.float64, num_tops=None):
