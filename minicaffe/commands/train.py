@@ -186,35 +186,33 @@ def solver_from_net(path: str, net_param, args):
     return sp
 
 
+# command-line flag -> the SolverParameter field it overrides (when given)
+_OVERRIDES = {
+    "iters": "max_iter",
+    "lr": "base_lr",
+    "lr_policy": "lr_policy",
+    "momentum": "momentum",
+    "weight_decay": "weight_decay",
+    "solver_type": "type",
+    "snapshot_prefix": "snapshot_prefix",
+    "snapshot_every": "snapshot",
+    "display": "display",
+    "test_interval": "test_interval",
+    "seed": "random_seed",
+}
+
+
 def apply_overrides(sp, args) -> None:
-    if args.iters is not None:
-        sp.max_iter = args.iters
-    if args.lr is not None:
-        sp.base_lr = args.lr
-    if args.lr_policy is not None:
-        sp.lr_policy = args.lr_policy
-    if args.momentum is not None:
-        sp.momentum = args.momentum
-    if args.weight_decay is not None:
-        sp.weight_decay = args.weight_decay
-    if args.solver_type is not None:
-        sp.type = args.solver_type
-    if args.snapshot_prefix is not None:
-        sp.snapshot_prefix = args.snapshot_prefix
-    if args.snapshot_every is not None:
-        sp.snapshot = args.snapshot_every
-    if args.display is not None:
-        sp.display = args.display
+    for flag, field in _OVERRIDES.items():
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(sp, field, value)
     if args.test_iter is not None:
         if len(sp.test_iter):
             for i in range(len(sp.test_iter)):
                 sp.test_iter[i] = args.test_iter
         else:
             sp.test_iter.append(args.test_iter)
-    if args.test_interval is not None:
-        sp.test_interval = args.test_interval
-    if args.seed is not None:
-        sp.random_seed = args.seed
     if args.level is not None:
         sp.train_state.level = args.level
     if args.stage is not None:
