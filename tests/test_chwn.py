@@ -262,6 +262,99 @@ def test_chain_in_row_tiles(monkeypatch):
     _compare(working, reference)
 
 
+def test_chain_with_kernel_row_convolutions(monkeypatch):
+    """Every convolution the kernel-row plan takes (one group, vertical stride 1: conv1 with
+    padding, conv3 with dilation) runs through it; the results match Caffe's order."""
+    from minicaffe import blas, chwn
+
+    if not blas.available(np.float32):
+        pytest.skip("no OpenBLAS reachable for the accumulating GEMMs")
+    monkeypatch.setattr(chwn, "ROW_MIN_K", 1)
+    monkeypatch.setattr(chwn, "ROW_CHUNK", 50)  # several position chunks per GEMM
+    net, working = _run(CHAIN, monkeypatch, "auto")
+    kinds = {name: type(net.layer_dict[name].plans[0]).__name__
+             for name in ("conv1", "conv2", "conv3")}
+    assert kinds == {"conv1": "ChwnRowConvPlan", "conv2": "ChwnConvPlan",
+                     "conv3": "ChwnRowConvPlan"}
+    _, reference = _run(CHAIN, monkeypatch, "nchw")
+    _compare(working, reference)
+
+
+# (N, C, H, W, O, kernel, stride, pad, dilation)
+ROW_CASES = [
+    (4, 8, 6, 7, 7, (3, 3), (1, 1), (1, 1), (1, 1)),
+    (3, 20, 12, 12, 10, (5, 5), (1, 1), (0, 0), (1, 1)),
+    (5, 6, 9, 10, 11, (3, 2), (1, 2), (2, 1), (2, 1)),
+    (2, 16, 7, 8, 8, (2, 3), (1, 3), (0, 2), (1, 2)),
+    (3, 4, 5, 6, 5, (4, 1), (1, 1), (1, 0), (1, 1)),
+]
+
+
+@pytest.mark.parametrize("case", ROW_CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kernel_row_plan_matches_whole_kernel_plan(monkeypatch, case, dtype):
+    """Forward, weight/bias/data gradients, each gradient alone, and a backward whose input
+    moved since the forward (the columns are rebuilt) against the whole-kernel plan."""
+    from minicaffe import blas, chwn
+    from minicaffe.functional import ConvGeometry
+
+    if not blas.available(dtype):
+        pytest.skip("no OpenBLAS reachable for the accumulating GEMMs")
+    monkeypatch.setattr(chwn, "ROW_CHUNK", 37)
+    n, c, h, w, o, kernel, stride, pad, dilation = case
+    geom = ConvGeometry(kernel, stride, pad, dilation, (h, w))
+    ho, wo = geom.out_size
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((c, h, w, n)).astype(dtype)
+    x2 = rng.standard_normal((c, h, w, n)).astype(dtype)
+    wt = rng.standard_normal((o, c * geom.kernel_count)).astype(dtype)
+    bias = rng.standard_normal(o).astype(dtype)
+    dy = rng.standard_normal((o, ho, wo, n)).astype(dtype)
+
+    def run(plan):
+        out = []
+        for b in (bias, None):
+            y = np.empty((o, ho, wo, n), dtype)
+            plan.forward(plan.source(x, True), wt, y, b)
+            dw, db, dx = np.ones_like(wt), np.ones_like(bias), np.full_like(x, 7)
+            plan.backward(wt, dy, plan.loaded_source(x, True), dw, None if b is None else db, dx)
+            out += [y, dw, db, dx]
+            dw_only, dx_only = np.zeros_like(wt), np.zeros_like(x)
+            plan.backward(wt, dy, plan.loaded_source(x, True), dw_only, None, None)
+            plan.backward(wt, dy, plan.loaded_source(x, True), None, None, dx_only)
+            moved = np.zeros_like(wt)  # columns of another input than the forward's
+            x2c = np.ascontiguousarray(x2)
+            plan.backward(wt, dy, plan.source(x2c, True), moved, None, None)
+            out += [dw_only, dx_only, moved]
+        return out
+
+    row = chwn.conv_plan(dtype, n, c, o, geom, 1)
+    assert isinstance(row, chwn.ChwnRowConvPlan) == (c * kernel[1] >= chwn.ROW_MIN_K)
+    row = chwn.ChwnRowConvPlan(dtype, n, c, o, geom)
+    whole = chwn.ChwnConvPlan(dtype, n, c, o, geom, 1)
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    for a, b in zip(run(row), run(whole)):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max())
+
+
+def test_kernel_row_plan_needs_reachable_blas(monkeypatch):
+    from minicaffe import blas, chwn
+    from minicaffe.functional import ConvGeometry
+
+    geom = ConvGeometry((5, 5), (1, 1), (2, 2), (1, 1), (16, 16))
+    monkeypatch.setattr(blas, "available", lambda dtype=None: False)
+    assert isinstance(chwn.conv_plan(np.float32, 8, 32, 32, geom, 1), chwn.ChwnConvPlan)
+    monkeypatch.setattr(blas, "available", lambda dtype=None: True)
+    assert isinstance(chwn.conv_plan(np.float32, 8, 32, 32, geom, 1), chwn.ChwnRowConvPlan)
+    # not for groups, vertical strides, one kernel row or few values per kernel row
+    assert isinstance(chwn.conv_plan(np.float32, 8, 32, 32, geom, 2), chwn.ChwnConvPlan)
+    for g in (ConvGeometry((5, 5), (2, 1), (2, 2), (1, 1), (16, 16)),
+              ConvGeometry((1, 5), (1, 1), (0, 2), (1, 1), (16, 16)),
+              ConvGeometry((5, 5), (1, 1), (2, 2), (1, 1), (16, 16))):
+        channels = 3 if g.kernel == (5, 5) and g.stride == (1, 1) else 32
+        assert isinstance(chwn.conv_plan(np.float32, 8, channels, 32, g, 1), chwn.ChwnConvPlan)
+
+
 def test_conv_without_bias_and_frozen_weights(monkeypatch):
     """No bias term, and weights with lr_mult 0 (bias gradient only): the fused bias path
     must not be taken where it does not apply."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from minicaffe.chwn import ChwnConvPlan, conv_supported, strided_ok
+from minicaffe.chwn import conv_plan, conv_supported, strided_ok
 from minicaffe.errors import ShapeError
 from minicaffe.functional import ConvGeometry, conv_out_size, make_conv_plan
 from minicaffe.layer import Layer
@@ -158,7 +158,7 @@ class BaseConvolutionLayer(Layer):
             self.chwn = chwn
             if chwn:
                 self.plans = [
-                    ChwnConvPlan(self.dtype, num, self.channels, self.num_output, geom, self.group)
+                    conv_plan(self.dtype, num, self.channels, self.num_output, geom, self.group)
                     for _ in bottom
                 ]
             else:
