@@ -46,7 +46,7 @@ TILE_ELEMS = int(os.environ.get("MINICAFFE_CHWN_TILE", 1 << 25))
 WHOLE = int(os.environ.get("MINICAFFE_CHWN_WHOLE", WHOLE_ELEMS))
 _local = threading.local()
 # Input bytes per block of channels in the pooling passes (a block's passes stay in cache).
-CHUNK_BYTES = int(os.environ.get("MINICAFFE_POOL_CHUNK", 1 << 19))
+CHUNK_BYTES = int(os.environ.get("MINICAFFE_POOL_CHUNK", 1 << 21))
 # Kernel-row convolution (ChwnRowConvPlan): the fewest column rows per kernel row (C * kw), the
 # largest column buffer (elements; larger layers use tiled whole-kernel columns), and the
 # output positions per GEMM (a chunk's output stays in cache while the kernel rows add up).
