@@ -617,10 +617,13 @@ class ChwnPoolPlan:
         self._parallel(run, dx.size * 2)
 
     def _parallel(self, run, work: int) -> None:
-        """``run(c0, c1)`` over the channels in blocks of about CHUNK_BYTES of input, shared
-        between threads: every pass over a block then stays in cache."""
-        per = max(1, CHUNK_BYTES // (self.h * self.w * self.n * self.dtype.itemsize))
-        blocks = [(c, min(self.c, c + per)) for c in range(0, self.c, per)]
+        """``run(c0, c1)`` over the channels in blocks of at most about CHUNK_BYTES of input,
+        as many blocks for each thread and as even as the channel count allows: every pass
+        over a block then stays in cache."""
+        channel = self.h * self.w * self.n * self.dtype.itemsize
+        count = -(-self.c * channel // CHUNK_BYTES)
+        count = min(self.c, -(-count // NUM_THREADS) * NUM_THREADS)
+        blocks = [(self.c * i // count, self.c * (i + 1) // count) for i in range(count)]
 
         def part(i, j):
             for c0, c1 in blocks[i:j]:
