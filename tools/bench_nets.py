@@ -15,10 +15,14 @@ faults per steady-state minicaffe step (resource.getrusage ru_minflt).
 
 torch runs in its own subprocess (``--torch-worker``), never in the minicaffe process: two thread
 pools (OpenBLAS and torch's OpenMP) in one process spin-wait against each other and distort both
-timings (torch's LeNet step measured 48 ms interleaved in-process vs 27 ms alone). The blocks run
-torch, minicaffe, torch, so drift of the machine load shows up as a spread between the two torch
-blocks (printed). Timings on a shared machine are noisy: run it several times and compare ratios,
-not absolute times.
+timings (torch's LeNet step measured 48 ms interleaved in-process vs 27 ms alone). The worker
+stays up and the two sides take turns in ``--rounds`` short blocks (torch, minicaffe, minicaffe,
+torch, ...), each side idle while the other runs, so both see the same stretches of the shared
+machine's load: besides the ratio of the overall medians, each round gives a paired ratio, and
+their median and spread are printed, with the ratio of the two fastest steps. Timings on a
+shared machine are noisy: run it several times and compare ratios, not absolute times. When the
+host steals CPU time, minicaffe's medians suffer more than torch's (its two threads hand work
+over through sleeping threads, torch's OpenMP threads spin), which the ratio of minima shows.
 """
 
 from __future__ import annotations
@@ -224,41 +228,84 @@ def page_faults_per_step(fn, steps: int) -> float:
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / steps
 
 
-def torch_block(name: str, steps: int, warmup: int, threads: int):
-    """Median ms/step of the torch version of ``name``, timed in a fresh subprocess (None when
-    torch is not importable there)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--torch-worker", name]
-    cmd += ["--steps", str(steps), "--warmup", str(warmup), "--threads", str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-    if proc.returncode != 0:
-        return None
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+class TorchWorker:
+    """The torch side in a subprocess that stays up between blocks (``--torch-worker``)."""
+
+    def __init__(self, name: str, warmup: int, threads: int):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--torch-worker", name]
+        cmd += ["--warmup", str(warmup), "--threads", str(threads)]
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True, env=os.environ.copy(),
+        )
+        hello = self._reply()
+        self.version = hello.get("version") if hello else None
+
+    def _reply(self):
+        line = self.proc.stdout.readline()
+        return json.loads(line) if line.strip() else None
+
+    def block(self, steps: int):
+        """ms of ``steps`` torch steps (None when the worker is gone)."""
+        if self.version is None:
+            return None
+        self.proc.stdin.write(f"{steps}\n")
+        self.proc.stdin.flush()
+        reply = self._reply()
+        return reply["ms"] if reply else None
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
 
 
-def torch_worker(name: str, steps: int, warmup: int, threads: int) -> int:
-    """Subprocess side: time the torch net alone and print one JSON line of step times."""
+def torch_worker(name: str, warmup: int, threads: int) -> int:
+    """Subprocess side: build the torch net, warm it up, then answer each line ``N`` on stdin
+    with one JSON line of N step times, until stdin closes."""
     try:
         import torch
     except ImportError:
+        print("{}", flush=True)
         return 3
     torch.set_num_threads(threads)
     tc = BENCHES[name][2](torch)
     for _ in range(warmup):
         tc()
-    ms = [_time(tc) for _ in range(steps)]
-    print(json.dumps({"ms": ms, "version": torch.__version__}))
+    print(json.dumps({"version": torch.__version__}), flush=True)
+    for line in sys.stdin:
+        ms = [_time(tc) for _ in range(int(line))]
+        time.sleep(0.05)  # OpenMP's spinning threads settle before the other side runs
+        print(json.dumps({"ms": ms}), flush=True)
     return 0
 
 
-def run_bench(name: str, steps: int, warmup: int, use_torch: bool, threads: int) -> dict:
+def run_bench(name: str, steps: int, warmup: int, use_torch: bool, threads: int,
+              rounds: int = 4) -> dict:
     title, make_mc, _ = BENCHES[name]
-    tc_ms = []
-    first = torch_block(name, steps, warmup, threads) if use_torch else None
+    worker = TorchWorker(name, warmup, threads) if use_torch else None
+    if worker is not None and worker.version is None:
+        worker.close()
+        worker = None
     mc = make_mc()
     for _ in range(warmup):
         mc()
     faults = page_faults_per_step(mc, max(5, steps // 3))
-    mc_ms = [_time(mc) for _ in range(steps)]
+    per = max(1, -(-steps // rounds))
+    mc_blocks, tc_blocks = [], []
+    for r in range(rounds):
+        sides = ["torch", "mc"] if r % 2 == 0 else ["mc", "torch"]
+        for side in sides:
+            if side == "mc":
+                mc_blocks.append([_time(mc) for _ in range(per)])
+                time.sleep(0.05)
+            elif worker is not None:
+                ms = worker.block(per)
+                if ms is not None:
+                    tc_blocks.append(ms)
+    if worker is not None:
+        worker.close()
+    mc_ms = [t for b in mc_blocks for t in b]
     res = {
         "name": name,
         "title": title,
@@ -268,14 +315,15 @@ def run_bench(name: str, steps: int, warmup: int, use_torch: bool, threads: int)
         "caffe_ms": CAFFE_MS[name],
     }
     del mc
-    second = torch_block(name, steps, warmup, threads) if first is not None else None
-    if first is not None:
-        blocks = [first["ms"]] + ([second["ms"]] if second is not None else [])
-        tc_ms = [t for b in blocks for t in b]
+    if tc_blocks and len(tc_blocks) == len(mc_blocks):
+        tc_ms = [t for b in tc_blocks for t in b]
+        paired = [statistics.median(a) / statistics.median(b)
+                  for a, b in zip(mc_blocks, tc_blocks)]
         res.update(
             torch_ms=statistics.median(tc_ms),
-            torch_blocks=[statistics.median(b) for b in blocks],
-            torch_version=first["version"],
+            torch_min_ms=min(tc_ms),
+            torch_version=worker.version,
+            paired=paired,
         )
         res["ratio"] = res["ms"] / res["torch_ms"]
     return res
@@ -286,12 +334,18 @@ def report(res: dict) -> str:
     lines.append(f"  minicaffe  {res['ms']:8.2f} ms/step (median; min {res['min_ms']:.2f})")
     if "torch_ms" in res:
         target = TARGET_VS_TORCH[res["name"]]
-        blocks = ", ".join(f"{b:.2f}" for b in res["torch_blocks"])
+        paired = sorted(res["paired"])
         lines.append(
-            f"  torch      {res['torch_ms']:8.2f} ms/step (median; own process, blocks {blocks})"
+            f"  torch      {res['torch_ms']:8.2f} ms/step (median; min {res['torch_min_ms']:.2f};"
+            " own process, taking turns)"
         )
         lines.append(
             f"  ratio minicaffe/torch {res['ratio']:.2f}x (ratio of medians; target <= {target}x)"
+        )
+        lines.append(
+            f"  paired ratio per round: median {statistics.median(paired):.2f}x, "
+            f"range {paired[0]:.2f}-{paired[-1]:.2f}x over {len(paired)} rounds; "
+            f"ratio of minima {res['min_ms'] / res['torch_min_ms']:.2f}x"
         )
     lines.append(
         f"  vs Caffe CPU anchor {res['caffe_ms']:.1f} ms: "
@@ -307,13 +361,15 @@ def main(argv=None) -> int:
     p.add_argument("--nets", default="lenet,cifar10_quick,caffenet")
     p.add_argument("--steps", type=int, default=30, help="timed steps per net (default 30)")
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=4,
+                   help="turns of each side, the steps split between them (default 4)")
     p.add_argument("--threads", type=int, default=2, help="BLAS / torch threads (default 2)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch side")
     p.add_argument("--torch-worker", metavar="NET", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     _set_threads(args.threads)
     if args.torch_worker:
-        return torch_worker(args.torch_worker, args.steps, args.warmup, args.threads)
+        return torch_worker(args.torch_worker, args.warmup, args.threads)
     import minicaffe  # noqa: F401  (first: it sets OpenBLAS's spin time before NumPy loads)
 
     np = sys.modules["numpy"]
@@ -325,7 +381,8 @@ def main(argv=None) -> int:
     for name in args.nets.split(","):
         if name not in BENCHES:
             p.error(f"unknown net {name!r}; choose from {', '.join(BENCHES)}")
-        res = run_bench(name, args.steps, args.warmup, not args.no_torch, args.threads)
+        res = run_bench(name, args.steps, args.warmup, not args.no_torch, args.threads,
+                        max(1, args.rounds))
         if not args.no_torch and "torch_ms" not in res:
             print("torch is not importable: minicaffe times only", file=sys.stderr)
         print(report(res), flush=True)
