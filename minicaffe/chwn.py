@@ -328,16 +328,21 @@ class ChwnRowConvPlan(_ChwnConvBase):
     def supported(num: int, channels: int, geom: ConvGeometry, group: int, dtype) -> bool:
         """Where the plan applies and pays: one group, vertical stride 1, more than one kernel
         row, at least ROW_MIN_K values per kernel row (LeNet's conv1, with one input channel,
-        is better served by whole-kernel columns), columns of at most ROW_MAX_ELEMS values,
-        and BLAS reachable for the accumulating GEMMs."""
+        is better served by whole-kernel columns), whole-kernel columns too large to keep
+        (over WHOLE values: below that they stay in cache and the backward reuses them, and
+        LeNet's conv2 measured as fast or faster that way, in fewer GEMM calls), its own
+        columns at most ROW_MAX_ELEMS values, and BLAS reachable for the accumulating GEMMs."""
         kh, kw = geom.kernel
         hp = geom.padded_size[0]
-        size = (channels * kw + 1) * hp * geom.out_size[1] * num
+        ho, wo = geom.out_size
+        size = (channels * kw + 1) * hp * wo * num
+        whole = (channels * kh * kw + 1) * ho * wo * num
         return (
             group == 1
             and geom.stride[0] == 1
             and kh > 1
             and channels * kw >= ROW_MIN_K
+            and whole > WHOLE
             and size <= ROW_MAX_ELEMS
             and blas.available(dtype)
         )
