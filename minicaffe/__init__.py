@@ -6,16 +6,11 @@ The API follows pycaffe: ``minicaffe.Net(model, phase)``, ``net.forward()``, ``n
 
 from __future__ import annotations
 
-import os as _os
-
-# OpenBLAS threads spin for about 2^28 cycles after each GEMM before they sleep; meanwhile they
-# take the cores from minicaffe's own threads (copies, pooling, elementwise passes), which
-# measured 1.2x slower for a cifar10_quick train step. A short spin, unless the user chose one;
-# OpenBLAS reads it when it loads, so this takes effect when minicaffe is imported before NumPy
-# (the CLI always is). See docs/performance.md.
-_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-
-from minicaffe.backend import (  # noqa: E402
+# OpenBLAS's own spin-wait between GEMMs is left as it is (OPENBLAS_THREAD_TIMEOUT unset): a
+# short spin made cifar10_quick 1.2x faster on a quiet machine but up to 6x slower on a host
+# that steals CPU time, where every GEMM then waits for its threads to be woken. See
+# docs/performance.md.
+from minicaffe.backend import (
     Device,
     gpu_available,
     set_device,

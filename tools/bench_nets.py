@@ -370,7 +370,7 @@ def main(argv=None) -> int:
     _set_threads(args.threads)
     if args.torch_worker:
         return torch_worker(args.torch_worker, args.warmup, args.threads)
-    import minicaffe  # noqa: F401  (first: it sets OpenBLAS's spin time before NumPy loads)
+    import minicaffe  # noqa: F401
 
     np = sys.modules["numpy"]
 

@@ -25,10 +25,6 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 
-# Short OpenBLAS spin-waits (as minicaffe sets when imported first): this script loads NumPy
-# before minicaffe, through prepare.py.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-
 import prepare as prep  # noqa: E402  (the example's own module, next to this file)
 
 SOLVER = "examples/digits/lenet_solver.prototxt"
