@@ -969,7 +969,9 @@ def _window_ranges(size: int, kernel: int, stride: int, pad: int, out: int):
 
 
 def scatter_add(xp, target, indices, values) -> None:
-    """target[indices] += values, with repeated indices adding up (1-D arrays)."""
+    """target[indices[i]] += values[i] for every i, repeated indices adding up (``indices``
+    1-D; ``values`` holds one row of ``target``'s trailing shape per index). CuPy without
+    ``add.at`` (older releases) goes through cupyx.scatter_add."""
     if xp is np:
         np.add.at(target, indices, values)
         return

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from minicaffe.errors import ShapeError
+from minicaffe.functional import scatter_add
 from minicaffe.layer import Layer
-from minicaffe.layers.embed import checked_indices, scatter_add
+from minicaffe.layers.embed import checked_indices
 from minicaffe.registry import register_layer
 
 

@@ -5,21 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from minicaffe.errors import LabelError
+from minicaffe.functional import scatter_add
 from minicaffe.layer import Layer
 from minicaffe.registry import register_layer
-
-
-def scatter_add(xp, target, index, values) -> None:
-    """target[index[i]] += values[i] for every i, repeated indices accumulating."""
-    if xp is np:
-        np.add.at(target, index, values)
-        return
-    try:
-        xp.add.at(target, index, values)
-    except (AttributeError, NotImplementedError):  # older CuPy
-        import cupyx
-
-        cupyx.scatter_add(target, index, values)
 
 
 def checked_indices(layer, values, limit: int, what: str):
