@@ -1163,12 +1163,16 @@ class PoolPlan:
         else:
             self._chunks(self._max_chunk, -np.inf, x, y)
 
-    def _max_chunk(self, scratch, x, y) -> None:
+    def _fold_offsets(self, scratch, x, y, op) -> None:
+        """y = op(...op(op(v_0, v_1), v_2)..., v_last) over the kernel offsets' views v of x."""
         block = self._phases(scratch, x)
         offsets = self._offsets()
         y[...] = block(*offsets[0])
         for i, j in offsets[1:]:
-            self.xp.maximum(y, block(i, j), out=y)
+            op(y, block(i, j), out=y)
+
+    def _max_chunk(self, scratch, x, y) -> None:
+        self._fold_offsets(scratch, x, y, self.xp.maximum)
 
     def _max_track_chunk(self, scratch, x, y, idx) -> None:
         xp = self.xp
@@ -1238,11 +1242,7 @@ class PoolPlan:
             self._chunks(self._ave_chunk, 0.0, x, y)
 
     def _ave_chunk(self, scratch, x, y) -> None:
-        block = self._phases(scratch, x)
-        offsets = self._offsets()
-        y[...] = block(*offsets[0])
-        for i, j in offsets[1:]:
-            self.xp.add(y, block(i, j), out=y)
+        self._fold_offsets(scratch, x, y, self.xp.add)
         y *= self.inv_div
 
     def ave_backward(self, dy, dx) -> None:
