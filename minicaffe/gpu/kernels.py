@@ -295,17 +295,20 @@ def _indent(text: str, n: int) -> str:
 def standalone_source(specs=None) -> str:
     """One self-contained .cu text with every Elementwise/Reduction spec wrapped as CuPy would,
     once per placeholder instantiation (T = float and double unless a spec says otherwise)."""
+    return _render_all(specs, _HEADER, "v", host=False)
+
+
+def _render_all(specs, header: str, tag: str, host: bool) -> str:
+    """``header`` and every Elementwise/Reduction spec rendered once per placeholder
+    instantiation, in namespaces ``<name>_<tag><k>``."""
     specs = all_specs() if specs is None else specs
-    parts = [_HEADER]
+    parts = [header]
     for spec in specs.values() if isinstance(specs, dict) else specs:
         if isinstance(spec, Raw):
             continue
+        render = _elementwise_source if isinstance(spec, Elementwise) else _reduction_source
         for k, choice in enumerate(_placeholder_choices(spec)):
-            ns = f"{spec.name}_v{k}"
-            if isinstance(spec, Elementwise):
-                parts.append(_elementwise_source(spec, choice, ns))
-            else:
-                parts.append(_reduction_source(spec, choice, ns))
+            parts.append(render(spec, choice, f"{spec.name}_{tag}{k}", host=host))
     return "\n".join(parts)
 
 
@@ -323,15 +326,7 @@ def host_source(specs=None) -> str:
     over the outputs of an (n, m) reduction), for running the kernel logic on a CPU in tests.
     Symbols are named by :func:`host_function_name`; argument order is CuPy's (inputs, outputs)
     followed by the element count ``_n`` (and the reduced length ``_m``)."""
-    specs = all_specs() if specs is None else specs
-    parts = [_HOST_HEADER]
-    for spec in specs.values() if isinstance(specs, dict) else specs:
-        if isinstance(spec, Raw):
-            continue
-        for k, choice in enumerate(_placeholder_choices(spec)):
-            render = _elementwise_source if isinstance(spec, Elementwise) else _reduction_source
-            parts.append(render(spec, choice, f"{spec.name}_host{k}", host=True))
-    return "\n".join(parts)
+    return _render_all(specs, _HOST_HEADER, "host", host=True)
 
 
 def raw_sources(specs=None) -> list[tuple[str, str]]:
