@@ -152,6 +152,21 @@ class RecurrentLayer(Layer):
         self.t, self.n = t, n
 
     # ------------------------------------------------------------------ shared pieces
+    def make_input_params(self, rows: int, wf, bf) -> int:
+        """The input transform's params, in Caffe's order: W_x (rows, in), b (rows), and with a
+        static input W_static (rows, static); returns the index of the next param, the
+        recurrent weight (``self.w_h_index``)."""
+        self.init_param(0, (rows, self.in_dim), wf)
+        self.init_param(1, (rows,), bf)
+        if self.static:
+            self.init_param(2, (rows, self.static_dim), wf)
+        self.w_h_index = 3 if self.static else 2
+        return self.w_h_index
+
+    def input_weights(self):
+        """(W_x, b, W_static or None) blobs."""
+        return self.blobs[0], self.blobs[1], self.blobs[2] if self.static else None
+
     def initial_state(self, bottom):
         xp, n, h = self.xp, self.n, self.hidden
         if self.expose:
@@ -237,19 +252,11 @@ class LSTMLayer(RecurrentLayer):
     n_states = 2
 
     def make_params(self, wf, bf):
-        rows = 4 * self.hidden
-        self.init_param(0, (rows, self.in_dim), wf)
-        self.init_param(1, (rows,), bf)
-        k = 2
-        if self.static:
-            self.init_param(k, (rows, self.static_dim), wf)
-            k += 1
-        self.init_param(k, (rows, self.hidden), wf)
-        self.w_h_index = k
+        k = self.make_input_params(4 * self.hidden, wf, bf)
+        self.init_param(k, (4 * self.hidden, self.hidden), wf)
 
     def _weights(self):
-        w_static = self.blobs[2] if self.static else None
-        return self.blobs[0], self.blobs[1], w_static, self.blobs[self.w_h_index]
+        return self.input_weights() + (self.blobs[self.w_h_index],)
 
     def forward(self, bottom, top):
         xp = self.xp
@@ -308,21 +315,14 @@ class RNNLayer(RecurrentLayer):
 
     def make_params(self, wf, bf):
         h = self.hidden
-        self.init_param(0, (h, self.in_dim), wf)
-        self.init_param(1, (h,), bf)
-        k = 2
-        if self.static:
-            self.init_param(k, (h, self.static_dim), wf)
-            k += 1
+        k = self.make_input_params(h, wf, bf)
         self.init_param(k, (h, h), wf)  # W_hh
         self.init_param(k + 1, (h, h), wf)  # W_ho
         self.init_param(k + 2, (h,), bf)  # b_o
-        self.w_h_index = k
 
     def _weights(self):
         k = self.w_h_index
-        w_static = self.blobs[2] if self.static else None
-        return (self.blobs[0], self.blobs[1], w_static) + tuple(self.blobs[k : k + 3])
+        return self.input_weights() + tuple(self.blobs[k : k + 3])
 
     def forward(self, bottom, top):
         xp = self.xp
