@@ -32,18 +32,7 @@ class _Cblas:
         self.checked = True
         if os.environ.get("MINICAFFE_CBLAS", "1") == "0":
             return
-        try:
-            with open("/proc/self/maps") as f:
-                paths = sorted(
-                    {ln.split()[-1] for ln in f if "openblas" in ln.lower() and "/" in ln}
-                )
-        except OSError:
-            return
-        for path in paths:
-            try:
-                lib = ctypes.CDLL(path)
-            except OSError:
-                continue
+        for lib in loaded_openblas():
             # scipy-openblas (NumPy's wheels): scipy_cblas_sgemm64_ with 64-bit integers; a
             # plain OpenBLAS: cblas_sgemm, whose integer width its build config tells
             for prefix, suffix in (("scipy_", "64_"), ("", "64_"), ("scipy_", ""), ("", "")):
@@ -80,6 +69,23 @@ class _Cblas:
 
 
 _cblas = _Cblas()
+
+
+def loaded_openblas() -> list:
+    """ctypes handles of the OpenBLAS libraries this process has loaded (NumPy's), found in
+    /proc/self/maps; empty where that file does not exist."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({ln.split()[-1] for ln in f if "openblas" in ln.lower() and "/" in ln})
+    except OSError:
+        return []
+    libs = []
+    for path in paths:
+        try:
+            libs.append(ctypes.CDLL(path))
+        except OSError:
+            continue
+    return libs
 
 
 def available(dtype=np.float32) -> bool:

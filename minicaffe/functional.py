@@ -64,10 +64,9 @@ class _BlasThreads:
         try:
             import ctypes
 
-            with open("/proc/self/maps") as f:
-                paths = {ln.split()[-1] for ln in f if "openblas" in ln.lower() and "/" in ln}
-            for path in sorted(paths):
-                lib = ctypes.CDLL(path)
+            from minicaffe.blas import loaded_openblas
+
+            for lib in loaded_openblas():
                 for suffix in ("64_", ""):
                     for prefix in ("scipy_openblas", "openblas"):
                         getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
