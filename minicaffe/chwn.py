@@ -212,11 +212,11 @@ class ChwnConvPlan(_ChwnConvBase):
             return
         if self.dw_parts is None:
             self.dw_parts = np.empty((parts,) + self.dwt_aug.shape, self.dtype)
-        bounds = [cols.shape[1] * i // parts for i in range(parts + 1)]
+        ranges = _even_ranges(cols.shape[1], parts)
 
         def run(a, b):
             for i in range(a, b):
-                sl = slice(bounds[i], bounds[i + 1])
+                sl = slice(*ranges[i])
                 np.matmul(cols[:, sl], dy2[:, sl].T, out=self.dw_parts[i])
 
         parallel(run, parts, cols.size, gemm=True)
@@ -384,17 +384,15 @@ class ChwnRowConvPlan(_ChwnConvBase):
         """dw += dL/dW, db += dL/db, dx = dL/dx ((C, H, W, N)); dy (O, H_out, W_out, N); ``src``
         is what the forward read (its columns are reused when they are still held)."""
         (kh, kw), (_, sw), (_, dil_w) = self.geom.kernel, self.geom.stride, self.geom.dilation
-        if dw is None and dx is None:
-            if db is not None:
-                db += dy.reshape(self.o, -1).sum(axis=1)
-            return
-        if self._cols_of != address_key(src, thread=False):
-            self._columns(src)
-        self._cols_of = None
         dy2 = dy.reshape(self.o, self.p)
         bias_row = dw is not None and db is not None
         if db is not None and not bias_row:
             db += dy2.sum(axis=1)
+        if dw is None and dx is None:
+            return
+        if self._cols_of != address_key(src, thread=False):
+            self._columns(src)
+        self._cols_of = None
         target = None
         if dx is not None:
             self._rearrange(w2, None)
@@ -439,11 +437,14 @@ class ChwnRowConvPlan(_ChwnConvBase):
             self._unpad(target, dx)
 
 
-def _chunks(total: int, size: int):
-    """[start, stop) ranges of at most ``size`` covering range(total) in equal parts."""
-    n = max(1, -(-total // size))
-    bounds = [total * i // n for i in range(n + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
+def _even_ranges(total: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` [start, stop) ranges of (nearly) equal length covering range(total)."""
+    return [(total * i // parts, total * (i + 1) // parts) for i in range(parts)]
+
+
+def _chunks(total: int, size: int) -> list[tuple[int, int]]:
+    """As few equal [start, stop) ranges of at most ``size`` as cover range(total)."""
+    return _even_ranges(total, max(1, -(-total // size)))
 
 
 def conv_plan(dtype, num: int, channels: int, num_output: int, geom: ConvGeometry, group: int):
@@ -628,7 +629,7 @@ class ChwnPoolPlan:
         channel = self.h * self.w * self.n * self.dtype.itemsize
         count = -(-self.c * channel // CHUNK_BYTES)
         count = min(self.c, -(-count // NUM_THREADS) * NUM_THREADS)
-        blocks = [(self.c * i // count, self.c * (i + 1) // count) for i in range(count)]
+        blocks = _even_ranges(self.c, count)
 
         def part(i, j):
             for c0, c1 in blocks[i:j]:
