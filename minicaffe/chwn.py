@@ -16,7 +16,9 @@ ends:
 * InnerProduct reads a (C, H, W, N) bottom as the (C*H*W, N) matrix it already is.
 
 Copies and elementwise passes are split by channel between NUM_THREADS threads (NumPy releases
-the GIL); GEMMs use OpenBLAS's own threads. Every buffer is allocated once per shape.
+the GIL; by default only where OpenBLAS's threads leave a core free, see
+functional.default_threads); GEMMs use OpenBLAS's own threads. Every buffer is allocated
+once per shape.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ CHUNK_BYTES = int(os.environ.get("MINICAFFE_POOL_CHUNK", 1 << 21))
 ROW_MIN_K = int(os.environ.get("MINICAFFE_ROW_MIN_K", 16))
 ROW_MAX_ELEMS = int(os.environ.get("MINICAFFE_ROW_MAX", 1 << 24))
 ROW_CHUNK = int(os.environ.get("MINICAFFE_ROW_CHUNK", 4096))
+# Layers whose whole-kernel columns hold at most ROW_MIN_WHOLE values keep the whole-kernel
+# plan (0: none do).
+ROW_MIN_WHOLE = int(os.environ.get("MINICAFFE_ROW_MIN_WHOLE", 0))
 
 
 def workspace(n: int, dtype) -> np.ndarray:
@@ -328,10 +333,11 @@ class ChwnRowConvPlan(_ChwnConvBase):
     def supported(num: int, channels: int, geom: ConvGeometry, group: int, dtype) -> bool:
         """Where the plan applies and pays: one group, vertical stride 1, more than one kernel
         row, at least ROW_MIN_K values per kernel row (LeNet's conv1, with one input channel,
-        is better served by whole-kernel columns), whole-kernel columns too large to keep
-        (over WHOLE values: below that they stay in cache and the backward reuses them, and
-        LeNet's conv2 measured as fast or faster that way, in fewer GEMM calls), its own
-        columns at most ROW_MAX_ELEMS values, and BLAS reachable for the accumulating GEMMs."""
+        is better served by whole-kernel columns), whole-kernel columns over ROW_MIN_WHOLE
+        values (0 by default: LeNet's conv2 and CaffeNet's conv3, whose whole-kernel columns
+        fit in memory, still measured 5-8 % faster per train step / forward by kernel rows,
+        in whole nets side by side), its own columns at most ROW_MAX_ELEMS values, and BLAS
+        reachable for the accumulating GEMMs."""
         kh, kw = geom.kernel
         hp = geom.padded_size[0]
         ho, wo = geom.out_size
@@ -342,7 +348,7 @@ class ChwnRowConvPlan(_ChwnConvBase):
             and geom.stride[0] == 1
             and kh > 1
             and channels * kw >= ROW_MIN_K
-            and whole > WHOLE
+            and whole > ROW_MIN_WHOLE
             and size <= ROW_MAX_ELEMS
             and blas.available(dtype)
         )

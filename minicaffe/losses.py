@@ -20,14 +20,13 @@ axis ``a``: ``O = prod(shape[:a])`` (Caffe's outer_num), ``C = shape[a]``, ``I =
 from __future__ import annotations
 
 import math
-import os
 import threading
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from minicaffe.errors import LabelError, LayerError, ShapeError
+from minicaffe.functional import default_threads
 from minicaffe.layer import LossLayer
 from minicaffe.proto import caffe_pb2
 
@@ -592,15 +591,9 @@ PARALLEL_MIN = 1 << 19  # below this many elements one thread is faster
 
 
 def num_threads() -> int:
-    """Threads for NumPy loss passes: MINICAFFE_NUM_THREADS, else min(2, CPU count)."""
-    env = os.environ.get("MINICAFFE_NUM_THREADS")
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            warnings.warn(f"MINICAFFE_NUM_THREADS={env!r} is not an integer; using 1", stacklevel=2)
-            return 1
-    return max(1, min(2, os.cpu_count() or 1))
+    """Threads for NumPy loss passes (functional.default_threads: MINICAFFE_NUM_THREADS, else
+    the cores OpenBLAS's threads leave free, at most 2)."""
+    return default_threads()
 
 
 def _get_pool(n: int) -> ThreadPoolExecutor:

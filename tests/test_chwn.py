@@ -270,7 +270,7 @@ def test_chain_with_kernel_row_convolutions(monkeypatch):
     if not blas.available(np.float32):
         pytest.skip("no OpenBLAS reachable for the accumulating GEMMs")
     monkeypatch.setattr(chwn, "ROW_MIN_K", 1)
-    monkeypatch.setattr(chwn, "WHOLE", 0)
+    monkeypatch.setattr(chwn, "ROW_MIN_WHOLE", 0)
     monkeypatch.setattr(chwn, "ROW_CHUNK", 50)  # several position chunks per GEMM
     net, working = _run(CHAIN, monkeypatch, "auto")
     kinds = {name: type(net.layer_dict[name].plans[0]).__name__
@@ -329,7 +329,7 @@ def test_kernel_row_plan_matches_whole_kernel_plan(monkeypatch, case, dtype):
             out += [dw_only, dx_only, moved]
         return out
 
-    monkeypatch.setattr(chwn, "WHOLE", 0)
+    monkeypatch.setattr(chwn, "ROW_MIN_WHOLE", 0)
     row = chwn.conv_plan(dtype, n, c, o, geom, 1)
     assert isinstance(row, chwn.ChwnRowConvPlan) == (c * kernel[1] >= chwn.ROW_MIN_K)
     row = chwn.ChwnRowConvPlan(dtype, n, c, o, geom)
@@ -344,9 +344,13 @@ def test_kernel_row_plan_needs_reachable_blas(monkeypatch):
     from minicaffe.functional import ConvGeometry
 
     geom = ConvGeometry((5, 5), (1, 1), (2, 2), (1, 1), (16, 16))
-    # columns small enough to keep whole (LeNet's conv2): the whole-kernel plan
+    # a floor on the whole-kernel columns (MINICAFFE_ROW_MIN_WHOLE) keeps smaller layers on
+    # the whole-kernel plan; by default (0) every supported layer takes kernel rows
+    monkeypatch.setattr(chwn, "ROW_MIN_WHOLE", (32 * 25 + 1) * 16 * 16 * 8)
     assert isinstance(chwn.conv_plan(np.float32, 8, 32, 32, geom, 1), chwn.ChwnConvPlan)
-    monkeypatch.setattr(chwn, "WHOLE", 0)
+    monkeypatch.setattr(chwn, "ROW_MIN_WHOLE", (32 * 25 + 1) * 16 * 16 * 8 - 1)
+    assert isinstance(chwn.conv_plan(np.float32, 8, 32, 32, geom, 1), chwn.ChwnRowConvPlan)
+    monkeypatch.setattr(chwn, "ROW_MIN_WHOLE", 0)
     monkeypatch.setattr(blas, "available", lambda dtype=None: False)
     assert isinstance(chwn.conv_plan(np.float32, 8, 32, 32, geom, 1), chwn.ChwnConvPlan)
     monkeypatch.setattr(blas, "available", lambda dtype=None: True)

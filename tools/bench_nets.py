@@ -48,7 +48,6 @@ def _set_threads(n: int) -> None:
         "OPENBLAS_NUM_THREADS",
         "OMP_NUM_THREADS",
         "MKL_NUM_THREADS",
-        "MINICAFFE_NUM_THREADS",
     ):
         os.environ.setdefault(var, str(n))
 
