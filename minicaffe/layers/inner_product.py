@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from minicaffe import blas
 from minicaffe.errors import ShapeError
 from minicaffe.layer import Layer
 from minicaffe.registry import register_layer
@@ -95,6 +96,9 @@ class InnerProductLayer(Layer):
         xp = self.xp
         wd = self.blobs[0].diff  # (n_out, K), or (K, n_out) when transpose
         a, b = (x, dy) if self.transpose else (dy, x)  # wd = a^T b
+        if xp is np and blas.available(wd.dtype) and wd.flags.c_contiguous:
+            blas.gemm(a.T, b, wd, beta=1.0)  # accumulates in the GEMM: no scratch, no add
+            return
         rows_total, cols = wd.shape
         rows = max(1, min(rows_total, self.SCRATCH_ELEMS // max(1, cols)))
         scratch = getattr(self, "_dw_scratch", None)
