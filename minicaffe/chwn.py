@@ -583,11 +583,9 @@ class ChwnPoolPlan:
             self.pair_win = np.empty((3,) + self.y.shape, bool)
         v = [x[src] for _, _, src, _ in self._boxes(c0, c1)]  # (0,0) (0,1) (1,0) (1,1)
         top, bottom = self.pair_tmp[0, c0:c1], self.pair_tmp[1, c0:c1]
-        m = self.y[c0:c1]
         np.maximum(v[0], v[1], out=top)
         np.maximum(v[2], v[3], out=bottom)
-        np.maximum(top, bottom, out=m)
-        y[c0:c1] = m
+        np.maximum(top, bottom, out=y[c0:c1])  # (the masks come from the pairs, not y)
         if not track:
             return
         right, lower, down = (w[c0:c1] for w in self.pair_win)
