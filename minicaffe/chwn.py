@@ -495,11 +495,11 @@ class ChwnPoolPlan:
         self.direct = (
             (sh, sw) == (kh, kw) and (ph, pw) == (0, 0) and (ho * sh, wo * sw) == (h, w)
         )
-        self.y = np.empty((c, ho, wo, n), self.dtype)  # MAX: the maxima (a later in-place
-        self.masks = None  # layer may change the top); MAX: first-argmax masks per offset
-        self.rem = None
+        self.out_shape = (c, ho, wo, n)
+        self.masks = None  # MAX over 2x2 tiles: first-argmax masks per offset
+        self.win = self.base = None  # other MAX: the winning offset per output
         self.pair_tmp = self.pair_win = None
-        self.tmp = np.empty(self.y.shape, self.dtype)
+        self.tmp = np.empty(self.out_shape, self.dtype)
         self.inv = None
         if method == "AVE":
             def sizes(size, k, s, p, o):
@@ -523,34 +523,14 @@ class ChwnPoolPlan:
         """y (C, H_out, W_out, N) from x (C, H, W, N); ``track`` (MAX): record the argmax."""
         boxes = self._boxes
         if self.method == "MAX":
-            if track and self.masks is None:
-                self.masks = np.empty((len(self.offsets),) + self.y.shape, bool)
-                self.rem = np.empty(self.y.shape, bool)
-
             pairs = self.direct and self.kernel == (2, 2)
+            if track and pairs and self.masks is None:
+                self.masks = np.empty((4,) + self.out_shape, bool)
 
             def run(c0, c1):
                 if pairs:
                     return self._max_2x2(x, y, track, c0, c1)
-                m = self.y[c0:c1]
-                rest = self._start(boxes(c0, c1), m, x, -np.inf)
-                for _, box, src, _ in rest:
-                    np.maximum(m[box], x[src], out=m[box])
-                y[c0:c1] = m
-                if track:  # first maximum: equal to the max and no earlier offset was
-                    rem = self.rem[c0:c1]
-                    rem.fill(True)
-                    for k, box, src, full in boxes(c0, c1):
-                        sel = self.masks[k, c0:c1]
-                        if not full:
-                            sel.fill(False)
-                        sel, r = sel[box], rem[box]
-                        np.equal(x[src], m[box], out=sel)
-                        np.logical_and(sel, r, out=sel)
-                        np.logical_xor(r, sel, out=r)
-                    for k, entry in enumerate(self.offsets):
-                        if entry is None:
-                            self.masks[k, c0:c1].fill(False)
+                return self._max_general(x, y, track, c0, c1)
 
             self._parallel(run, x.size * 2)
         else:
@@ -562,6 +542,62 @@ class ChwnPoolPlan:
                 out *= self.inv
 
             self._parallel(run, x.size)
+
+    def _max_general(self, x, y, track: bool, c0: int, c1: int) -> None:
+        """Any other window: the maximum folded over the offsets in row-major order. Tracking
+        keeps the winning offset per output (int8 in most cases): a later offset takes over
+        only where it is strictly greater, which is Caffe's first maximum in the window. The
+        backward scatters through that index (_scatter_max)."""
+        m = y[c0:c1]
+        boxes = list(self._boxes(c0, c1))
+        if not track:
+            for _, box, src, _ in self._start(boxes, m, x, -np.inf):
+                np.maximum(m[box], x[src], out=m[box])
+            return
+        if self.win is None:
+            count = len(self.offsets)
+            kind = np.int8 if count < 127 else np.int16 if count < 32767 else np.int32
+            self.win = np.empty(self.out_shape, kind)
+            self.code = np.empty(self.out_shape, kind)
+            self.gt = np.empty(self.out_shape, bool)
+        win, code, gt = self.win[c0:c1], self.code[c0:c1], self.gt[c0:c1]
+        k0, _, src0, full = boxes[0]
+        if full:
+            np.copyto(m, x[src0])
+            win.fill(k0)
+            boxes = boxes[1:]
+        else:  # padding: outputs whose window misses the first offset have no winner yet
+            m.fill(-np.inf)
+            win.fill(-1)
+        for k, box, src, _ in boxes:
+            v, mb, g, cb, wb = x[src], m[box], gt[box], code[box], win[box]
+            np.greater(v, mb, out=g)
+            if not full:  # the first offset inside a window wins even at -inf (as NCHW)
+                np.logical_or(g, wb < 0, out=g)
+            np.maximum(mb, v, out=mb)
+            np.multiply(g, win.dtype.type(k), out=cb)  # k where this offset took over, else 0
+            np.maximum(wb, cb, out=wb)  # (offsets come in increasing k)
+
+    def _scatter_max(self, dy, dx, c0: int, c1: int) -> None:
+        """dx[c0:c1] = each output's gradient added at its winner's input position, in output
+        order (as Caffe's CPU loop, so overlapping windows add up in the same order)."""
+        if self.base is None:
+            (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
+            c, ho, wo, n = self.out_shape
+            h, w = self.h, self.w
+            kind = np.int64 if c * h * w * n >= 2**31 else np.int32
+            cc, hh, ww = np.ogrid[:c, :ho, :wo]
+            start = ((cc * h + hh * sh - ph) * w + ww * sw - pw) * n
+            self.base = (start[..., None] + np.arange(n)).astype(kind)
+            # offset k = (i, j) of a window reads (i * w + j) * n values past its start
+            self.table = np.array([(i * w + j) * n for i in range(kh) for j in range(kw)], kind)
+            self.idx = np.empty(self.out_shape, kind)
+        win, d, idx = self.win[c0:c1], dy[c0:c1], self.idx[c0:c1]
+        np.take(self.table, win, out=idx, mode="clip")
+        np.add(idx, self.base[c0:c1], out=idx)
+        flat = dx.reshape(-1)
+        dx[c0:c1].fill(0)
+        np.add.at(flat, idx.reshape(-1), d.reshape(-1))
 
     @staticmethod
     def _start(boxes, out, x, fill):
@@ -579,8 +615,8 @@ class ChwnPoolPlan:
         """2x2 windows tiling the input (LeNet): the maximum as a tournament of pairs, whose
         comparisons also give the first maximum (a later value wins only when greater)."""
         if self.pair_tmp is None:
-            self.pair_tmp = np.empty((2,) + self.y.shape, self.dtype)
-            self.pair_win = np.empty((3,) + self.y.shape, bool)
+            self.pair_tmp = np.empty((2,) + self.out_shape, self.dtype)
+            self.pair_win = np.empty((3,) + self.out_shape, bool)
         v = [x[src] for _, _, src, _ in self._boxes(c0, c1)]  # (0,0) (0,1) (1,0) (1,1)
         top, bottom = self.pair_tmp[0, c0:c1], self.pair_tmp[1, c0:c1]
         np.maximum(v[0], v[1], out=top)
@@ -603,6 +639,13 @@ class ChwnPoolPlan:
         """dx (C, H, W, N) from dy (C, H_out, W_out, N) (MAX after a tracked forward)."""
         direct = self.direct
 
+        if self.method == "MAX" and not (direct and self.kernel == (2, 2)):
+            target = dx if dx.flags.c_contiguous else np.empty(dx.shape, dx.dtype)
+            self._parallel(lambda c0, c1: self._scatter_max(dy, target, c0, c1), dx.size * 2)
+            if target is not dx:
+                np.copyto(dx, target)
+            return
+
         def run(c0, c1):
             if not direct:
                 dx[c0:c1].fill(0)
@@ -617,12 +660,8 @@ class ChwnPoolPlan:
                         np.copyto(target, part)
                     else:
                         target += part
-                elif direct:
+                else:  # MAX over 2x2 tiles
                     np.multiply(d[box], self.masks[k, c0:c1][box], out=target)
-                else:
-                    part = t[box]
-                    np.multiply(d[box], self.masks[k, c0:c1][box], out=part)
-                    target += part
 
         self._parallel(run, dx.size * 2)
 

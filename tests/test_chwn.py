@@ -478,3 +478,42 @@ def test_strided_layers_need_a_large_enough_batch(monkeypatch):
     assert not small.blobs["conv"].chwn_ok and small.blobs["pool"].chwn_ok
     large = minicaffe.Net(text.replace("BATCH", "16"), minicaffe.TEST)
     assert large.blobs["conv"].chwn_ok and large.blobs["pool"].chwn_ok
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [
+        "pool: MAX kernel_size: 3 stride: 2",  # overlapping windows, the last one overhangs
+        "pool: MAX kernel_size: 3 stride: 1 pad: 1",  # padding: first valid position wins
+        "pool: MAX kernel_h: 2 kernel_w: 3 stride_h: 1 stride_w: 2 pad_h: 0 pad_w: 1",
+    ],
+)
+@pytest.mark.parametrize("value", [1.0, -2.5])
+def test_overlapping_max_pooling_ties(monkeypatch, pool, value):
+    """All inputs equal: every window's gradient goes to its first position inside the image
+    in row-major order, and overlapping windows add up, as in the NCHW layout (Caffe's
+    strict '>' from the window's first element)."""
+    text = f"""
+    force_backward: true
+    layer {{ name: "data" type: "Input" top: "data"
+            input_param {{ shape {{ dim: 4 dim: 2 dim: 7 dim: 7 }} }} }}
+    layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv"
+            convolution_param {{ num_output: 3 kernel_size: 1 }} }}
+    layer {{ name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param {{ {pool} }} }}
+    layer {{ name: "ip" type: "InnerProduct" bottom: "pool" top: "ip"
+            inner_product_param {{ num_output: 1 }} }}
+    """
+    grads = {}
+    for layout in ("auto", "nchw"):
+        monkeypatch.setenv("MINICAFFE_LAYOUT", layout)
+        net = minicaffe.Net(text, minicaffe.TRAIN)
+        net.params["conv"][0].data[...] = 0
+        net.params["conv"][1].data[...] = value
+        net.params["ip"][0].data[...] = np.arange(net.params["ip"][0].data.size) + 1.0
+        net.forward()
+        assert net.blobs["pool"].is_chwn() == (layout == "auto")
+        net.blobs["ip"].diff[...] = 1
+        net.backward()
+        grads[layout] = net.blobs["conv"].diff.copy()
+    np.testing.assert_array_equal(grads["auto"], grads["nchw"])
+    assert np.count_nonzero(grads["auto"]) > 0
