@@ -293,9 +293,11 @@ ROW_CASES = [
 
 @pytest.mark.parametrize("case", ROW_CASES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_kernel_row_plan_matches_whole_kernel_plan(monkeypatch, case, dtype):
-    """Forward, weight/bias/data gradients, each gradient alone, and a backward whose input
-    moved since the forward (the columns are rebuilt) against the whole-kernel plan."""
+@pytest.mark.parametrize("stacked", [False, True])
+def test_kernel_row_plan_matches_whole_kernel_plan(monkeypatch, case, dtype, stacked):
+    """Forward (per kernel row, or stacked into one GEMM), weight/bias/data gradients, each
+    gradient alone, and a backward whose input moved since the forward (the columns are
+    rebuilt) against the whole-kernel plan."""
     from minicaffe import blas, chwn
     from minicaffe.functional import ConvGeometry
 
@@ -332,7 +334,9 @@ def test_kernel_row_plan_matches_whole_kernel_plan(monkeypatch, case, dtype):
     monkeypatch.setattr(chwn, "ROW_MIN_WHOLE", 0)
     row = chwn.conv_plan(dtype, n, c, o, geom, 1)
     assert isinstance(row, chwn.ChwnRowConvPlan) == (c * kernel[1] >= chwn.ROW_MIN_K)
+    monkeypatch.setattr(chwn, "STACK_MAX_ROWS", 100.0 if stacked else 0.0)
     row = chwn.ChwnRowConvPlan(dtype, n, c, o, geom)
+    assert row.stacked == stacked
     whole = chwn.ChwnConvPlan(dtype, n, c, o, geom, 1)
     tol = 2e-5 if dtype == np.float32 else 1e-12
     for a, b in zip(run(row), run(whole)):
