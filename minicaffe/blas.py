@@ -27,6 +27,7 @@ class _Cblas:
     def __init__(self):
         self.checked = False
         self.funcs: dict = {}
+        self.vector: dict = {}
 
     def _find(self) -> None:
         self.checked = True
@@ -43,15 +44,26 @@ class _Cblas:
                     continue
                 wide = bool(suffix) or self._ilp64(lib, prefix)
                 integer = ctypes.c_int64 if wide else ctypes.c_int32
+                ptr = ctypes.c_void_p
                 for dt, name in names.items():
                     fn = getattr(lib, name)
                     real = ctypes.c_float if dt == "f4" else ctypes.c_double
-                    ptr = ctypes.c_void_p
                     fn.argtypes = [ctypes.c_int] * 3 + [integer] * 3 + [
                         real, ptr, integer, ptr, integer, real, ptr, integer
                     ]
                     fn.restype = None
                     self.funcs[np.dtype(dt)] = fn
+                    # y = a x + b y and y += a x (the routines Caffe's CPU solvers call)
+                    c = name[len(prefix) + 6]
+                    for op, args in (("axpby", 2), ("axpy", 1)):
+                        vec = getattr(lib, f"{prefix}cblas_{c}{op}{suffix}", None)
+                        if vec is None:
+                            continue
+                        vec.argtypes = [integer, real, ptr, integer] + (
+                            [real, ptr, integer] if args == 2 else [ptr, integer]
+                        )
+                        vec.restype = None
+                        self.vector[(op, np.dtype(dt))] = vec
                 return
 
     @staticmethod
@@ -86,6 +98,40 @@ def loaded_openblas() -> list:
         except OSError:
             continue
     return libs
+
+
+def _vector_routine(op: str, x, y):
+    """The cblas ``op`` for contiguous NumPy arrays ``x``, ``y`` of one float dtype and size."""
+    if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray)):
+        return None
+    if x.dtype != y.dtype or x.size != y.size or not x.size:
+        return None
+    if not (x.flags.c_contiguous and y.flags.c_contiguous and y.flags.writeable):
+        return None
+    if not _cblas.checked:
+        _cblas._find()
+    return _cblas.vector.get((op, y.dtype))
+
+
+def axpby(alpha: float, x, beta: float, y) -> bool:
+    """``y = alpha * x + beta * y`` in place through OpenBLAS's ``cblas_?axpby`` (the routine
+    Caffe's CPU solvers call; one pass) when it applies: contiguous NumPy arrays of one float
+    dtype and size. Returns False, with nothing done, otherwise (the caller's own path)."""
+    fn = _vector_routine("axpby", x, y)
+    if fn is None:
+        return False
+    fn(y.size, alpha, x.ctypes.data, 1, beta, y.ctypes.data, 1)
+    return True
+
+
+def axpy(alpha: float, x, y) -> bool:
+    """``y += alpha * x`` in place through ``cblas_?axpy`` when it applies (as :func:`axpby`);
+    False, with nothing done, otherwise."""
+    fn = _vector_routine("axpy", x, y)
+    if fn is None:
+        return False
+    fn(y.size, alpha, x.ctypes.data, 1, y.ctypes.data, 1)
+    return True
 
 
 def available(dtype=np.float32) -> bool:

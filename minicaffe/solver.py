@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minicaffe import backend
+from minicaffe import backend, blas
 from minicaffe.backend import CPU_DEVICE, Device
 from minicaffe.errors import MinicaffeError, NonFiniteError, SolverError, WeightsError
 from minicaffe.proto import caffe_pb2
@@ -771,6 +771,8 @@ class Solver:
         if not decay:
             return
         g, w = blob.diff, blob.data
+        if self.param.regularization_type == "L2" and blas.axpy(decay, w, g):
+            return  # (one pass, as Caffe's caffe_axpy)
         tmp = self.scratch(pid, 0)
         if self.param.regularization_type == "L2":
             blob.xp.multiply(w, decay, out=tmp)

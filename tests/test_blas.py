@@ -83,3 +83,44 @@ def test_empty_inner_dimension():
     c = np.full((2, 2), 5.0, np.float32)
     blas.gemm(np.ones((2, 0), np.float32), np.ones((0, 2), np.float32), c)
     np.testing.assert_array_equal(c, 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_axpby_and_axpy(dtype):
+    if not blas.available(dtype):
+        pytest.skip("no OpenBLAS reachable")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 40)).astype(dtype)
+    y = rng.standard_normal((3, 40)).astype(dtype)
+    rtol = 1e-6 if dtype == np.float32 else 1e-14
+    expected = 0.25 * x + 0.9 * y
+    assert blas.axpby(0.25, x, 0.9, y)
+    np.testing.assert_allclose(y, expected, rtol=rtol, atol=rtol)
+    expected = y - 1.5 * x
+    assert blas.axpy(-1.5, x, y)
+    np.testing.assert_allclose(y, expected, rtol=rtol, atol=rtol)
+
+
+def test_axpby_refuses_what_it_cannot_do_in_place(monkeypatch):
+    """Strided, mixed-dtype, mismatched, read-only or non-NumPy operands: False and y kept
+    (the caller's own path runs); likewise without OpenBLAS."""
+    x = np.ones(8, np.float32)
+    cases = [
+        (x, np.zeros(16, np.float32)[::2]),
+        (x, np.zeros(8, np.float64)),
+        (x, np.zeros(9, np.float32)),
+        (np.ones(0, np.float32), np.zeros(0, np.float32)),
+        (x.tolist(), np.zeros(8, np.float32)),
+    ]
+    readonly = np.zeros(8, np.float32)
+    readonly.flags.writeable = False
+    cases.append((x, readonly))
+    for a, y in cases:
+        before = np.array(y, copy=True)
+        assert not blas.axpby(2.0, a, 1.0, y)
+        assert not blas.axpy(2.0, a, y)
+        np.testing.assert_array_equal(y, before)
+    monkeypatch.setattr(blas._cblas, "vector", {})
+    y = np.zeros(8, np.float32)
+    assert not blas.axpby(2.0, x, 1.0, y) and not blas.axpy(2.0, x, y)
+    np.testing.assert_array_equal(y, 0)

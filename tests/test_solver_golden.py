@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from minicaffe import blas
 from minicaffe.proto import caffe_pb2
 from minicaffe.prototxt import read_net_param, read_solver_param
 from minicaffe.solver import get_solver
@@ -33,8 +34,13 @@ def trajectory(case: str):
 
 
 @pytest.mark.parametrize("case", GOLDEN_CASES)
-def test_update_rules_on_recorded_gradients(case):
-    """Feed Caffe's raw gradients to our update; the weights must follow Caffe's."""
+@pytest.mark.parametrize("vector_blas", [True, False])
+def test_update_rules_on_recorded_gradients(case, vector_blas, monkeypatch):
+    """Feed Caffe's raw gradients to our update; the weights must follow Caffe's (through
+    OpenBLAS's axpy/axpby, as Caffe, and through the array-operation path)."""
+    if not vector_blas:
+        monkeypatch.setattr(blas._cblas, "vector", {})
+        monkeypatch.setattr(blas._cblas, "checked", True)
     z = trajectory(case)
     net = read_net_param(os.path.join(GOLDENS, case, "net.prototxt"))
     kept = [lp for lp in net.layer if lp.type in ("InnerProduct", "ReLU")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from minicaffe import blas
 from minicaffe.solver import Solver, register_solver
 
 
@@ -19,9 +20,11 @@ class SGDSolver(Solver):
     def compute_update_value(self, pid: int, rate: float) -> None:
         g = self.net.learnable_params[pid].diff
         v = self.history[pid]
-        g *= self.local_rate(pid, rate)
-        v *= self.param.momentum
-        v += g
+        lr = self.local_rate(pid, rate)
+        if not blas.axpby(lr, g, self.param.momentum, v):  # (Caffe's caffe_cpu_axpby)
+            g *= lr
+            v *= self.param.momentum
+            v += g
         g[...] = v
 
     fused_rule = "sgd"
