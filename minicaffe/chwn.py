@@ -346,10 +346,10 @@ class ChwnRowConvPlan(_ChwnConvBase):
         """Where the plan applies and pays: one group, vertical stride 1, more than one kernel
         row, at least ROW_MIN_K values per kernel row (LeNet's conv1, with one input channel,
         is better served by whole-kernel columns), whole-kernel columns over ROW_MIN_WHOLE
-        values (0 by default: LeNet's conv2 and CaffeNet's conv3, whose whole-kernel columns
-        fit in memory, still measured 5-8 % faster per train step / forward by kernel rows,
-        in whole nets side by side), its own columns at most ROW_MAX_ELEMS values, and BLAS
-        reachable for the accumulating GEMMs."""
+        values (0 by default: LeNet's conv2, whose whole-kernel columns are kept between
+        forward and backward, still made the train step 5-8 % faster by kernel rows, side by
+        side, once no helper thread competed with OpenBLAS's), its own columns at most
+        ROW_MAX_ELEMS values, and BLAS reachable for the accumulating GEMMs."""
         kh, kw = geom.kernel
         hp = geom.padded_size[0]
         ho, wo = geom.out_size
