@@ -457,8 +457,12 @@ class ChwnRowConvPlan(_ChwnConvBase):
 
             def run(c0, c1):
                 t = target[c0:c1]
-                t.fill(0)
-                for j in range(kw):
+                if sw == 1:  # the first kernel column is copied (no zeroing pass under it)
+                    np.copyto(t[:, :, : self.wo], hc[c0:c1, 0])
+                    t[:, :, self.wo :].fill(0)
+                else:
+                    t.fill(0)
+                for j in range(1 if sw == 1 else 0, kw):
                     view = t[:, :, _axis_slice(j * dil_w, self.wo, sw), :]
                     view += hc[c0:c1, j]
 
