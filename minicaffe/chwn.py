@@ -502,7 +502,9 @@ class ChwnPoolPlan:
 
     Each kernel offset (i, j) reads one strided view of the input for the box of outputs whose
     window has that offset inside the image, so padding and overhanging last windows need no
-    padded copy. MAX keeps, per offset, a mask of the outputs whose first maximum sits there.
+    padded copy. MAX over 2x2 tiles keeps, per offset, a mask of the outputs whose first
+    maximum sits there; other MAX windows keep the winning offset per output and scatter the
+    gradient through it.
     """
 
     def __init__(self, dtype, shape_nchw, kernel, stride, pad, out, method: str):
