@@ -596,6 +596,7 @@ class ChwnPoolPlan:
             self.win = np.empty(self.out_shape, kind)
             self.code = np.empty(self.out_shape, kind)
             self.gt = np.empty(self.out_shape, bool)
+            self.none = np.empty(self.out_shape, bool)
         win, code, gt = self.win[c0:c1], self.code[c0:c1], self.gt[c0:c1]
         k0, _, src0, full = boxes[0]
         if full:
@@ -609,7 +610,9 @@ class ChwnPoolPlan:
             v, mb, g, cb, wb = x[src], m[box], gt[box], code[box], win[box]
             np.greater(v, mb, out=g)
             if not full:  # the first offset inside a window wins even at -inf (as NCHW)
-                np.logical_or(g, wb < 0, out=g)
+                none = self.none[c0:c1][box]
+                np.less(wb, 0, out=none)
+                np.logical_or(g, none, out=g)
             np.maximum(mb, v, out=mb)
             np.multiply(g, win.dtype.type(k), out=cb)  # k where this offset took over, else 0
             np.maximum(wb, cb, out=wb)  # (offsets come in increasing k)

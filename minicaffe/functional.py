@@ -91,7 +91,6 @@ class _BlasThreads:
         if old is not None and self.set is not None:
             self.set(old)
 
-
     def count(self):
         """OpenBLAS's current thread count (None when it cannot be reached)."""
         if not self.checked:
@@ -118,9 +117,11 @@ def default_threads() -> int:
     After each GEMM, OpenBLAS's threads spin for a while (about 2^28 cycles) before they
     sleep, so inside a net, where GEMMs come every few passes, they hold every core they run
     on: a helper thread of ours on the same core only takes turns with a spinning thread.
-    Measured side by side on a 2-core machine with OpenBLAS on 2 threads, the split made whole
-    train steps slower, not faster (LeNet 1.03-1.05x, cifar10_quick 1.0-1.1x, CaffeNet forward
-    1.2x); with OpenBLAS held to one thread, the second core is ours again.
+    Measured side by side on a 2-core machine with OpenBLAS on 2 threads, the split gained
+    nothing (time with it over time without: LeNet train step 0.98-1.06x, cifar10_quick
+    1.0-1.11x, CaffeNet forward 1.19x); with OpenBLAS held to one thread, the second core is
+    ours again. (Giving every GEMM to minicaffe's two threads instead, OpenBLAS on one, made
+    LeNet's step 1.45x slower: OpenBLAS's own threads hand work over far faster.)
     """
     env = os.environ.get("MINICAFFE_NUM_THREADS")
     if env:
