@@ -521,3 +521,24 @@ def test_overlapping_max_pooling_ties(monkeypatch, pool, value):
         grads[layout] = net.blobs["conv"].diff.copy()
     np.testing.assert_array_equal(grads["auto"], grads["nchw"])
     assert np.count_nonzero(grads["auto"]) > 0
+
+
+def test_max_pooling_with_many_kernel_offsets(monkeypatch):
+    """More than 126 offsets in a window (12x12 here): the winner index is int16, not int8."""
+    text = """
+    force_backward: true
+    layer { name: "data" type: "Input" top: "data"
+            input_param { shape { dim: 16 dim: 2 dim: 14 dim: 13 } } }
+    layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+            convolution_param { num_output: 3 kernel_size: 1
+              weight_filler { type: "gaussian" std: 1 } } }
+    layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool"
+            pooling_param { pool: MAX kernel_size: 12 stride: 1 } }
+    layer { name: "ip" type: "InnerProduct" bottom: "pool" top: "ip"
+            inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 1 } } }
+    """
+    net, working = _run(text, monkeypatch, "auto")
+    plan = net.layer_dict["pool"].chwn_plan
+    assert net.blobs["pool"].chwn_ok and plan.win.dtype == np.int16
+    _, reference = _run(text, monkeypatch, "nchw")
+    _compare(working, reference)
