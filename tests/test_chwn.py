@@ -542,3 +542,19 @@ def test_max_pooling_with_many_kernel_offsets(monkeypatch):
     assert net.blobs["pool"].chwn_ok and plan.win.dtype == np.int16
     _, reference = _run(text, monkeypatch, "nchw")
     _compare(working, reference)
+
+
+def test_chain_split_between_two_threads(monkeypatch):
+    """With two threads (the default where OpenBLAS leaves a core free) and tiny blocks, the
+    channel blocks of copies, pooling passes and scatters run on both threads; the results
+    match Caffe's order as on one."""
+    from minicaffe import chwn, functional
+
+    monkeypatch.setattr(functional, "NUM_THREADS", 2)
+    monkeypatch.setattr(chwn, "NUM_THREADS", 2)
+    monkeypatch.setattr(functional, "PARALLEL_MIN_ELEMS", 0)
+    monkeypatch.setattr(chwn, "CHUNK_BYTES", 1024)  # one channel per pooling block
+    monkeypatch.setattr(chwn, "ROW_MIN_K", 1)  # kernel rows where they apply, columns threaded
+    _, working = _run(CHAIN, monkeypatch, "auto")
+    _, reference = _run(CHAIN, monkeypatch, "nchw")
+    _compare(working, reference)
