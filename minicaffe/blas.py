@@ -74,10 +74,11 @@ class _Cblas:
         config.restype = ctypes.c_char_p
         return b"USE64BITINT" in (config() or b"")
 
-    def get(self, dtype):
+    def get(self, dtype, op: str = "gemm"):
+        """The ``cblas_?<op>`` for ``dtype`` (gemm, axpby or axpy), or None."""
         if not self.checked:
             self._find()
-        return self.funcs.get(dtype)
+        return self.funcs.get(dtype) if op == "gemm" else self.vector.get((op, dtype))
 
 
 _cblas = _Cblas()
@@ -108,9 +109,7 @@ def _vector_routine(op: str, x, y):
         return None
     if not (x.flags.c_contiguous and y.flags.c_contiguous and y.flags.writeable):
         return None
-    if not _cblas.checked:
-        _cblas._find()
-    return _cblas.vector.get((op, y.dtype))
+    return _cblas.get(y.dtype, op)
 
 
 def axpby(alpha: float, x, beta: float, y) -> bool:
