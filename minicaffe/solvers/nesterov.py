@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from minicaffe.solver import Solver, register_solver
-from minicaffe.solvers.sgd import SGDSolver
+from minicaffe.solvers.sgd import SGDSolver, momentum_step
 
 
 @register_solver("Nesterov")
@@ -21,9 +21,7 @@ class NesterovSolver(Solver):
         m = self.param.momentum
         old = self.scratch(pid, 0)
         old[...] = v
-        g *= self.local_rate(pid, rate)
-        v *= m
-        v += g
+        momentum_step(g, v, self.local_rate(pid, rate), m)
         old *= -m
         self.net.learnable_params[pid].xp.multiply(v, 1.0 + m, out=g)
         g += old

@@ -6,6 +6,16 @@ from minicaffe import blas
 from minicaffe.solver import Solver, register_solver
 
 
+def momentum_step(g, v, lr: float, momentum: float) -> None:
+    """``v = momentum * v + lr * g`` in place (SGD's and Nesterov's history; ``g`` may be
+    scaled by ``lr`` on the way): one axpby pass through OpenBLAS, as Caffe's
+    caffe_cpu_axpby, where it applies, else array operations."""
+    if not blas.axpby(lr, g, momentum, v):
+        g *= lr
+        v *= momentum
+        v += g
+
+
 @register_solver("SGD")
 class SGDSolver(Solver):
     """SGD with momentum, the learning rate kept inside the momentum buffer:
@@ -20,11 +30,7 @@ class SGDSolver(Solver):
     def compute_update_value(self, pid: int, rate: float) -> None:
         g = self.net.learnable_params[pid].diff
         v = self.history[pid]
-        lr = self.local_rate(pid, rate)
-        if not blas.axpby(lr, g, self.param.momentum, v):  # (Caffe's caffe_cpu_axpby)
-            g *= lr
-            v *= self.param.momentum
-            v += g
+        momentum_step(g, v, self.local_rate(pid, rate), self.param.momentum)
         g[...] = v
 
     fused_rule = "sgd"
