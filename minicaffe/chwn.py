@@ -531,6 +531,8 @@ class ChwnPoolPlan:
         self.direct = (
             (sh, sw) == (kh, kw) and (ph, pw) == (0, 0) and (ho * sh, wo * sw) == (h, w)
         )
+        # 2x2 windows tiling the input (LeNet's pools): the tournament of _max_2x2
+        self.pairs = self.direct and (kh, kw) == (2, 2)
         self.out_shape = (c, ho, wo, n)
         self.masks = None  # MAX over 2x2 tiles: first-argmax masks per offset
         self.win = self.base = None  # other MAX: the winning offset per output
@@ -559,7 +561,7 @@ class ChwnPoolPlan:
         """y (C, H_out, W_out, N) from x (C, H, W, N); ``track`` (MAX): record the argmax."""
         boxes = self._boxes
         if self.method == "MAX":
-            pairs = self.direct and self.kernel == (2, 2)
+            pairs = self.pairs
             if track and pairs and self.masks is None:
                 self.masks = np.empty((4,) + self.out_shape, bool)
 
@@ -586,8 +588,9 @@ class ChwnPoolPlan:
         backward scatters through that index (_scatter_max)."""
         m = y[c0:c1]
         boxes = list(self._boxes(c0, c1))
+        rest = self._start(boxes, m, x, -np.inf)
         if not track:
-            for _, box, src, _ in self._start(boxes, m, x, -np.inf):
+            for _, box, src, _ in rest:
                 np.maximum(m[box], x[src], out=m[box])
             return
         if self.win is None:
@@ -598,15 +601,10 @@ class ChwnPoolPlan:
             self.gt = np.empty(self.out_shape, bool)
             self.none = np.empty(self.out_shape, bool)
         win, code, gt = self.win[c0:c1], self.code[c0:c1], self.gt[c0:c1]
-        k0, _, src0, full = boxes[0]
-        if full:
-            np.copyto(m, x[src0])
-            win.fill(k0)
-            boxes = boxes[1:]
-        else:  # padding: outputs whose window misses the first offset have no winner yet
-            m.fill(-np.inf)
-            win.fill(-1)
-        for k, box, src, _ in boxes:
+        full = len(rest) < len(boxes)  # the first offset covers every output: its winner
+        # (with padding, outputs whose window misses the first offset have no winner yet)
+        win.fill(boxes[0][0] if full else -1)
+        for k, box, src, _ in rest:
             v, mb, g, cb, wb = x[src], m[box], gt[box], code[box], win[box]
             np.greater(v, mb, out=g)
             if not full:  # the first offset inside a window wins even at -inf (as NCHW)
@@ -678,7 +676,7 @@ class ChwnPoolPlan:
         """dx (C, H, W, N) from dy (C, H_out, W_out, N) (MAX after a tracked forward)."""
         direct = self.direct
 
-        if self.method == "MAX" and not (direct and self.kernel == (2, 2)):
+        if self.method == "MAX" and not self.pairs:
             target = dx if dx.flags.c_contiguous else np.empty(dx.shape, dx.dtype)
             self._parallel(lambda c0, c1: self._scatter_max(dy, target, c0, c1), dx.size * 2)
             if target is not dx:

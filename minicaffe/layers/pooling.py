@@ -147,7 +147,6 @@ class PoolingLayer(Layer):
         )
 
     def _forward_chwn(self, bottom, top) -> None:
-        n, c, ho, wo = top[0].shape
         t = top[0]
         y = t.write_chwn() if t.chwn_ok else self.chwn_plan.tmp
         self.chwn_plan.forward(bottom[0].chwn(), y, track=self.phase == 0)  # 0: TRAIN
