@@ -154,6 +154,22 @@ def test_user_read_between_forward_and_backward(monkeypatch):
                                        atol=2e-6, err_msg=f"{lname}[{i}]")
 
 
+def _pool_net(pool: str, shape) -> str:
+    """data -> 1x1 Convolution -> Pooling (``pool``: its pooling_param) -> InnerProduct: the
+    pooling layer between two layers that keep the working layout."""
+    dims = " ".join(f"dim: {d}" for d in shape)
+    return f"""
+    force_backward: true
+    layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ {dims} }} }} }}
+    layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv"
+            convolution_param {{ num_output: 3 kernel_size: 1
+              weight_filler {{ type: "gaussian" std: 1 }} }} }}
+    layer {{ name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param {{ {pool} }} }}
+    layer {{ name: "ip" type: "InnerProduct" bottom: "pool" top: "ip"
+            inner_product_param {{ num_output: 2 weight_filler {{ type: "gaussian" std: 1 }} }} }}
+    """
+
+
 @pytest.mark.parametrize(
     "pool",
     [
@@ -168,17 +184,7 @@ def test_user_read_between_forward_and_backward(monkeypatch):
     ],
 )
 def test_pooling_variants(monkeypatch, pool, width=7):
-    text = f"""
-    force_backward: true
-    layer {{ name: "data" type: "Input" top: "data"
-            input_param {{ shape {{ dim: 5 dim: 2 dim: 8 dim: {width} }} }} }}
-    layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv"
-            convolution_param {{ num_output: 3 kernel_size: 1
-              weight_filler {{ type: "gaussian" std: 1 }} }} }}
-    layer {{ name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param {{ {pool} }} }}
-    layer {{ name: "ip" type: "InnerProduct" bottom: "pool" top: "ip"
-            inner_product_param {{ num_output: 2 weight_filler {{ type: "gaussian" std: 1 }} }} }}
-    """
+    text = _pool_net(pool, (5, 2, 8, width))
     net, working = _run(text, monkeypatch, "auto")
     assert net.blobs["conv"].chwn_ok and net.blobs["pool"].chwn_ok
     for _ in range(1):
@@ -497,23 +503,15 @@ def test_overlapping_max_pooling_ties(monkeypatch, pool, value):
     """All inputs equal: every window's gradient goes to its first position inside the image
     in row-major order, and overlapping windows add up, as in the NCHW layout (Caffe's
     strict '>' from the window's first element)."""
-    text = f"""
-    force_backward: true
-    layer {{ name: "data" type: "Input" top: "data"
-            input_param {{ shape {{ dim: 4 dim: 2 dim: 7 dim: 7 }} }} }}
-    layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv"
-            convolution_param {{ num_output: 3 kernel_size: 1 }} }}
-    layer {{ name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param {{ {pool} }} }}
-    layer {{ name: "ip" type: "InnerProduct" bottom: "pool" top: "ip"
-            inner_product_param {{ num_output: 1 }} }}
-    """
+    text = _pool_net(pool, (4, 2, 7, 7))
     grads = {}
     for layout in ("auto", "nchw"):
         monkeypatch.setenv("MINICAFFE_LAYOUT", layout)
         net = minicaffe.Net(text, minicaffe.TRAIN)
         net.params["conv"][0].data[...] = 0
         net.params["conv"][1].data[...] = value
-        net.params["ip"][0].data[...] = np.arange(net.params["ip"][0].data.size) + 1.0
+        ip = net.params["ip"][0].data
+        ip[...] = np.arange(ip.size).reshape(ip.shape) + 1.0
         net.forward()
         assert net.blobs["pool"].is_chwn() == (layout == "auto")
         net.blobs["ip"].diff[...] = 1
@@ -525,18 +523,7 @@ def test_overlapping_max_pooling_ties(monkeypatch, pool, value):
 
 def test_max_pooling_with_many_kernel_offsets(monkeypatch):
     """More than 126 offsets in a window (12x12 here): the winner index is int16, not int8."""
-    text = """
-    force_backward: true
-    layer { name: "data" type: "Input" top: "data"
-            input_param { shape { dim: 16 dim: 2 dim: 14 dim: 13 } } }
-    layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
-            convolution_param { num_output: 3 kernel_size: 1
-              weight_filler { type: "gaussian" std: 1 } } }
-    layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool"
-            pooling_param { pool: MAX kernel_size: 12 stride: 1 } }
-    layer { name: "ip" type: "InnerProduct" bottom: "pool" top: "ip"
-            inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 1 } } }
-    """
+    text = _pool_net("pool: MAX kernel_size: 12 stride: 1", (16, 2, 14, 13))
     net, working = _run(text, monkeypatch, "auto")
     plan = net.layer_dict["pool"].chwn_plan
     assert net.blobs["pool"].chwn_ok and plan.win.dtype == np.int16
