@@ -25,11 +25,16 @@ CASES = [
 ]
 
 
-@pytest.fixture(params=["auto", "nchw", "chwn", "hybrid"])
+@pytest.fixture(params=["auto", "nchw", "nchw-rows", "chwn", "hybrid"])
 def layout(request, monkeypatch):
     """Run with the automatic plan choice and with each 2-D plan forced, tiles of ~300 values
-    (many row/image tiles)."""
-    monkeypatch.setattr(functional, "CONV_LAYOUT", request.param)
+    (many row/image tiles); "nchw-rows": the direct plan's kernel-row forward wherever its
+    geometry allows (vertical stride 1), at any size."""
+    monkeypatch.setattr(functional, "CONV_LAYOUT", request.param.split("-")[0])
+    if request.param == "nchw-rows":
+        monkeypatch.setattr(functional, "WHOLE_ELEMS", 0)
+        monkeypatch.setattr(functional, "ROWS_MIN_MACS", 1)
+        monkeypatch.setattr(functional, "ROWS_MIN_POSITIONS", 1)
     if request.param != "auto":  # many tiles, shared by two threads
         monkeypatch.setattr(functional, "TILE_ELEMS", 300)
         monkeypatch.setattr(functional, "PARALLEL_MIN_ELEMS", 0)
@@ -254,7 +259,10 @@ def test_plan_choice():
     hybrid = plan(100, 32, 32, 16, pad=2)  # cifar10 conv2: columns above WHOLE_ELEMS
     assert isinstance(hybrid, functional.Conv2dHybridPlan)
     assert isinstance(hybrid.bwd, functional.Conv2dPlan)
-    assert isinstance(plan(10, 96, 256, 27, pad=2, group=2), functional.Conv2dDirectPlan)
+    caffenet2 = plan(10, 96, 256, 27, pad=2, group=2)  # forward by kernel rows
+    assert isinstance(caffenet2, functional.Conv2dDirectPlan) and caffenet2.rows
+    caffenet4 = plan(10, 384, 384, 13, k=3, pad=1, group=2)  # 13x13: whole-kernel columns
+    assert isinstance(caffenet4, functional.Conv2dDirectPlan) and not caffenet4.rows
     assert isinstance(plan(10, 3, 96, 227, k=11, stride=4), functional.Conv2dDirectPlan)
     assert isinstance(plan(2, 8, 4, 7, k=1), functional.Conv1x1Plan)
 
