@@ -31,3 +31,5 @@ def test_bench_report_with_paired_rounds():
     text = bench.report(res)
     assert "median 0.80x, range 0.70-0.90x over 3 rounds" in text
     assert "ratio of minima 0.90x" in text and "0.80x (ratio of medians" in text
+    # Caffe's anchor (25.5 ms) scaled by torch here (25 ms) over torch there (13.75 ms)
+    assert "~46.4 ms, 2.32x faster" in text

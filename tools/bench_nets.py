@@ -40,6 +40,9 @@ from pathlib import Path
 NETS = Path(__file__).resolve().parent / "nets"
 # BVLC Caffe CPU (OpenBLAS, 2 threads) on the reference 2-core machine, ms (perf-anchors.md).
 CAFFE_MS = {"lenet": 25.5, "cifar10_quick": 177.0, "caffenet": 179.0}
+# PyTorch 2.13 CPU (2 threads) on that machine, ms (perf-anchors.md; midpoints of the ranges):
+# torch's time here over its time there scales the Caffe anchor to this machine's speed.
+TORCH_ANCHOR_MS = {"lenet": 13.75, "cifar10_quick": 54.0, "caffenet": 132.0}
 TARGET_VS_TORCH = {"lenet": 1.0, "cifar10_quick": 1.3, "caffenet": 1.2}
 
 
@@ -351,6 +354,13 @@ def report(res: dict) -> str:
         f"{res['caffe_ms'] / res['ms']:.2f}x faster (target >= 1.5x; absolute times, "
         "other machine)"
     )
+    if "torch_ms" in res:
+        anchor = TORCH_ANCHOR_MS[res["name"]]
+        scaled = res["caffe_ms"] * res["torch_ms"] / anchor
+        lines.append(
+            f"  vs Caffe scaled to this machine by torch's speed ({res['torch_ms']:.1f} ms here, "
+            f"{anchor:g} ms there): ~{scaled:.1f} ms, {scaled / res['ms']:.2f}x faster"
+        )
     lines.append(f"  minor page faults per steady-state step: {res['faults']:.1f}")
     return "\n".join(lines)
 
