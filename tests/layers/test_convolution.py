@@ -341,3 +341,50 @@ def test_parallel_dynamic_covers_every_unit_once(monkeypatch):
     seen = []
     functional.parallel(lambda a, b: seen.append((a, b)), 7, dynamic=True)
     assert sorted(seen) == [(i, i + 1) for i in range(7)]
+
+
+@pytest.mark.parametrize(
+    "geom_args, group",
+    [
+        (((3, 3), (1, 1), (1, 1), (1, 1)), 1),  # "same" 3x3
+        (((5, 3), (1, 2), (2, 0), (1, 1)), 2),  # rectangular, horizontal stride, groups
+        (((3, 3), (1, 1), (0, 0), (2, 2)), 1),  # dilation, no padding (dx written in place)
+        (((3, 2), (1, 1), (0, 1), (1, 3)), 2),  # horizontal dilation, one-sided padding
+    ],
+)
+@pytest.mark.parametrize("threads, tile", [(1, 1 << 19), (2, 1)])
+def test_kernel_row_direct_plan_matches_whole_kernel_columns(geom_args, group, threads, tile,
+                                                             monkeypatch):
+    """The direct plan by kernel rows against its whole-kernel columns, over several images per
+    thread and two calls with other data (so no buffer may keep the previous call's values)."""
+    monkeypatch.setattr(functional, "PARALLEL_MIN_ELEMS", 0)
+    monkeypatch.setattr(functional, "NUM_THREADS", threads)
+    monkeypatch.setattr(functional, "WHOLE_ELEMS", 0)
+    monkeypatch.setattr(functional, "ROWS_MIN_POSITIONS", 1)
+    rng = np.random.default_rng(7)
+    n, c, o, size = 5, 4, 6, (9, 11)
+    geom = functional.ConvGeometry(*geom_args, size)
+    plans = []
+    for macs in (0, 1):  # whole-kernel columns, kernel rows
+        monkeypatch.setattr(functional, "ROWS_MIN_MACS", macs)
+        plans.append(functional.Conv2dDirectPlan(np, np.float64, n, c, o, geom, group, tile))
+    assert [p.rows for p in plans] == [False, True]
+    if tile == 1:
+        assert len(plans[1].chunks) == n  # one image per chunk, chunks shared by two threads
+    w2 = rng.standard_normal((o, c // group * geom.kernel_count))
+    bias = rng.standard_normal(o)
+    for _ in range(2):
+        x = rng.standard_normal((n, c) + size)
+        dy = rng.standard_normal((n, o) + geom.out_size)
+        results = []
+        for plan in plans:
+            y = np.full((n, o) + geom.out_size, np.nan)
+            dw, db = np.full_like(w2, 0.5), np.zeros(o)
+            dx = np.full_like(x, np.nan)
+            plan.forward(x, w2, y, bias)
+            plan.backward(w2, dy, dw=dw, dx=dx, db=db, x=x, x_loaded=True)
+            dx_only = np.full_like(x, np.nan)
+            plan.backward(w2, dy, dx=dx_only)  # the data gradient alone (Deconvolution)
+            results.append((y, dw, db, dx, dx_only))
+        for whole, rows in zip(*results):
+            np.testing.assert_allclose(rows, whole, rtol=1e-12, atol=1e-12)
