@@ -43,9 +43,9 @@ TILE_ELEMS = int(os.environ.get("MINICAFFE_CONV_TILE", 1 << 19))
 # 2-D layers whose whole-batch column matrix holds at most this many elements run as one GEMM
 # (OpenBLAS threads itself) and the backward reuses the forward's columns (0 turns this off).
 WHOLE_ELEMS = int(os.environ.get("MINICAFFE_CONV_WHOLE", 1 << 22))
-# Kernel-row forward of the direct NCHW plan (Conv2dDirectPlan._forward_rows): at most this many
-# output channels per group, at least this many output positions per image and this many
-# multiply-adds in each kernel row's GEMM (0 turns the kernel-row forward off).
+# Kernel rows in the direct NCHW plan (Conv2dDirectPlan.rows): at most this many output channels
+# per group, at least this many output positions per image and this many multiply-adds in each
+# kernel row's GEMM (0 turns kernel rows off).
 ROWS_MAX_OUT = int(os.environ.get("MINICAFFE_NCHW_ROWS_MAX_OUT", 256))
 ROWS_MIN_POSITIONS = int(os.environ.get("MINICAFFE_NCHW_ROWS_MIN_POSITIONS", 256))
 ROWS_MIN_MACS = int(os.environ.get("MINICAFFE_NCHW_ROWS_MIN_MACS", 8_000_000))
@@ -826,22 +826,20 @@ class Conv2dDirectPlan(_Tiled):
     C = 1 or 3). dW sums per-image GEMMs; the column gradient is added back per kernel offset.
     Chunks are shared between threads, each with its own buffers.
 
-    Forward by kernel rows (``self.rows``; vertical stride 1, several kernel rows, large
-    layers whose columns the backward would build again anyway): per image, the columns hold
-    only the horizontal kernel offsets for every padded input row, ``hcol[g, (c, j), (h, wo)] =
-    x[c, h, j * dw + wo * sw]`` (kh times fewer values than whole-kernel columns); kernel row
-    ``i`` reads the same matrix ``i * dh * W_out`` columns further on (a view), so the top is
-    ``kh`` accumulating GEMMs per group. The backward of such a layer walks the same columns:
-    the weight gradient is one accumulating GEMM per kernel row and group against the shifted
-    columns, the data gradient ``kh`` GEMMs into row-shifted views of one buffer, added back at
-    the ``kw`` horizontal offsets only (instead of ``kh * kw``). Forward + backward, side by
-    side: CaffeNet's conv2 at batch 10 0.80x the time, VGG-16's first two blocks at batch 2
-    0.77-0.79x. Forward alone, measured per layer against whole-kernel columns
-    (2 threads, side by side): CaffeNet's conv2 at batch 10 0.77-0.80x the time, VGG-16's
-    first blocks at batch 1 0.81-0.90x, GoogLeNet-like 3x3 layers on 28x28 0.95x; layers with
-    more than ROWS_MAX_OUT outputs per group, few output positions (CaffeNet's conv4 and conv5
-    on 13x13: 0.95-1.0x) or small kernel-row GEMMs (under ROWS_MIN_MACS: up to 1.14x slower)
-    keep whole-kernel columns.
+    Kernel rows (``self.rows``; vertical stride 1, several kernel rows, large layers whose
+    columns the backward would build again anyway): per image, the columns hold only the
+    horizontal kernel offsets for every padded input row, ``hcol[g, (c, j), (h, wo)] =
+    x[c, h, j * dw + wo * sw]`` (kh times fewer values than whole-kernel columns), and kernel
+    row ``i`` reads the same matrix ``i * dh * W_out`` columns further on (a view). The top is
+    then ``kh`` accumulating GEMMs per group, the weight gradient one accumulating GEMM per
+    kernel row and group, and the data gradient ``kh`` GEMMs into row-shifted views of one
+    buffer, added back at the ``kw`` horizontal offsets only (instead of ``kh * kw``).
+    Measured side by side against whole-kernel columns (2 threads): forward CaffeNet's conv2
+    at batch 10 0.77-0.80x the time, VGG-16's first blocks at batch 1 0.81-0.90x,
+    GoogLeNet-like 3x3 layers on 28x28 0.95x; forward + backward 0.80x (CaffeNet's conv2) and
+    0.77-0.79x (VGG-16's first blocks at batch 2). Layers with more than ROWS_MAX_OUT outputs
+    per group, few output positions (CaffeNet's conv4 and conv5 on 13x13: 0.95-1.0x) or small
+    kernel-row GEMMs (under ROWS_MIN_MACS: up to 1.14x slower) keep whole-kernel columns.
     """
 
     def __init__(self, xp, dtype, num, channels, num_output, geom, group, tile_elems=None):
@@ -887,10 +885,10 @@ class Conv2dDirectPlan(_Tiled):
         wshape = (g, self.o // g, self.k_total // g)
         return {
             "col": None
-            if self.full_col is not None
+            if self.full_col is not None or self.rows
             else xp.empty((nb, g, self.k_total // g, self.p), self.dtype),
             "hcol": xp.empty(self._hcol_shape(), self.dtype) if self.rows else None,
-            "dh": None,  # kernel-row backward: the columns' gradient, made on first need
+            "dcol": None,  # kernel-row backward: the columns' gradient, made on first need
             "dwr": None,  # kernel-row backward: this thread's weight gradient by kernel row
             "xpad": xp.zeros((nb, self.c) + self.geom.padded_size, self.dtype) if pad else None,
             "dxpad": xp.zeros((nb, self.c) + self.geom.padded_size, self.dtype) if pad else None,
@@ -960,7 +958,7 @@ class Conv2dDirectPlan(_Tiled):
         (``kh`` GEMMs into row-shifted views of one buffer) added back at the ``kw``
         horizontal offsets."""
         b, g, og = dy.shape[0], self.g, self.o // self.g
-        (kh, kw), (_, sw), (dh_, dw_) = self.geom.kernel, self.geom.stride, self.geom.dilation
+        (kh, kw), (_, sw), (dh, dw) = self.geom.kernel, self.geom.stride, self.geom.dilation
         hp, wo, p = self.geom.padded_size[0], self.wo, self.p
         d4 = dy.reshape(b, g, og, p)
         hcol = sc["hcol"]
@@ -971,33 +969,33 @@ class Conv2dDirectPlan(_Tiled):
             for n in self._row_columns(sc, x):
                 for k in range(g):
                     for i in range(kh):
-                        off = i * dh_ * wo
+                        off = i * dh * wo
                         blas.gemm(d4[n, k], hcol[k, :, off : off + p].T, dwr[i, k],
                                   beta=float(not (first and n == 0)))
         if dx is None:
             return
-        if sc["dh"] is None:
-            sc["dh"] = np.empty(self._hcol_shape(), self.dtype)
-        dh = sc["dh"]
-        rest = dh[:, :, p:]  # padded rows below the first kernel row's reach
-        dh5 = dh.reshape(self.c, kw, hp, wo)
+        if sc["dcol"] is None:
+            sc["dcol"] = np.empty(self._hcol_shape(), self.dtype)
+        dcol = sc["dcol"]
+        rest = dcol[:, :, p:]  # padded rows below the first kernel row's reach
+        dcol5 = dcol.reshape(self.c, kw, hp, wo)
         ph, pw = self.geom.pad
         for n in range(b):
             rest.fill(0)
             for k in range(g):
                 for i in range(kh):
-                    off = i * dh_ * wo
-                    blas.gemm(self.wr[i, k].T, d4[n, k], dh[k, :, off : off + p],
+                    off = i * dh * wo
+                    blas.gemm(self.wr[i, k].T, d4[n, k], dcol[k, :, off : off + p],
                               beta=float(i > 0))
             target = dx[n] if sc["dxpad"] is None else sc["dxpad"][0]
             if sw == 1:  # the first kernel column is copied (no zeroing pass under it)
-                np.copyto(target[:, :, :wo], dh5[:, 0])
+                np.copyto(target[:, :, :wo], dcol5[:, 0])
                 target[:, :, wo:].fill(0)
             else:
                 target.fill(0)
             for j in range(1 if sw == 1 else 0, kw):
-                view = target[:, :, j * dw_ : j * dw_ + sw * (wo - 1) + 1 : sw]
-                view += dh5[:, j]
+                view = target[:, :, j * dw : j * dw + sw * (wo - 1) + 1 : sw]
+                view += dcol5[:, j]
             if target is not dx[n]:
                 dx[n] = target[:, ph : ph + self.h, pw : pw + self.w]
 
