@@ -34,7 +34,10 @@ from minicaffe.functional import (
     WHOLE_ELEMS,
     ConvGeometry,
     _window_ranges,
+    add_kernel_columns,
     address_key,
+    axis_slice,
+    even_ranges,
     parallel,
 )
 
@@ -74,10 +77,6 @@ def workspace(n: int, dtype) -> np.ndarray:
     if buf is None or buf.size < n:
         buf = spaces[key] = np.empty(n, dtype)
     return buf
-
-
-def _axis_slice(start: int, count: int, step: int) -> slice:
-    return slice(start, start + step * (count - 1) + 1, step)
 
 
 class _ChwnConvBase:
@@ -176,9 +175,9 @@ class ChwnConvPlan(_ChwnConvBase):
         """(i, j, view of ``a`` read by kernel offset (i, j) for output rows h0:h1)."""
         (kh, kw), (sh, sw), (dh, dw) = self.geom.kernel, self.geom.stride, self.geom.dilation
         for i in range(kh):
-            rows = _axis_slice(h0 * sh + i * dh, h1 - h0, sh)
+            rows = axis_slice(h0 * sh + i * dh, h1 - h0, sh)
             for j in range(kw):
-                yield i, j, a[:, rows, _axis_slice(j * dw, self.wo, sw), :]
+                yield i, j, a[:, rows, axis_slice(j * dw, self.wo, sw), :]
 
     def _im2col(self, src, h0, h1) -> None:
         col6 = self._col6(h0, h1)
@@ -221,7 +220,7 @@ class ChwnConvPlan(_ChwnConvBase):
             return
         if self.dw_parts is None:
             self.dw_parts = np.empty((parts,) + self.dwt_aug.shape, self.dtype)
-        ranges = _even_ranges(cols.shape[1], parts)
+        ranges = even_ranges(cols.shape[1], parts)
 
         def run(a, b):
             for i in range(a, b):
@@ -371,7 +370,7 @@ class ChwnRowConvPlan(_ChwnConvBase):
 
         def run(c0, c1):
             for j in range(kw):
-                hc[c0:c1, j] = src[c0:c1, :, _axis_slice(j * dw, self.wo, sw), :]
+                hc[c0:c1, j] = src[c0:c1, :, axis_slice(j * dw, self.wo, sw), :]
 
         parallel(run, self.c, hc.size)
 
@@ -456,15 +455,7 @@ class ChwnRowConvPlan(_ChwnConvBase):
             hc = dh.reshape(self.c, kw, -1, self.wo, self.n)
 
             def run(c0, c1):
-                t = target[c0:c1]
-                if sw == 1:  # the first kernel column is copied (no zeroing pass under it)
-                    np.copyto(t[:, :, : self.wo], hc[c0:c1, 0])
-                    t[:, :, self.wo :].fill(0)
-                else:
-                    t.fill(0)
-                for j in range(1 if sw == 1 else 0, kw):
-                    view = t[:, :, _axis_slice(j * dil_w, self.wo, sw), :]
-                    view += hc[c0:c1, j]
+                add_kernel_columns(target[c0:c1], hc[c0:c1], self.wo, sw, dil_w)
 
             parallel(run, self.c, dh.size)
         if dw is not None:
@@ -477,14 +468,9 @@ class ChwnRowConvPlan(_ChwnConvBase):
             self._unpad(target, dx)
 
 
-def _even_ranges(total: int, parts: int) -> list[tuple[int, int]]:
-    """``parts`` [start, stop) ranges of (nearly) equal length covering range(total)."""
-    return [(total * i // parts, total * (i + 1) // parts) for i in range(parts)]
-
-
 def _chunks(total: int, size: int) -> list[tuple[int, int]]:
     """As few equal [start, stop) ranges of at most ``size`` as cover range(total)."""
-    return _even_ranges(total, max(1, -(-total // size)))
+    return even_ranges(total, max(1, -(-total // size)))
 
 
 def conv_plan(dtype, num: int, channels: int, num_output: int, geom: ConvGeometry, group: int):
@@ -525,7 +511,7 @@ class ChwnPoolPlan:
                     continue
                 (o0, o1, i0), (q0, q1, j0) = ri, cj
                 box = (slice(None), slice(o0, o1), slice(q0, q1))
-                src = (slice(None), _axis_slice(i0, o1 - o0, sh), _axis_slice(j0, q1 - q0, sw))
+                src = (slice(None), axis_slice(i0, o1 - o0, sh), axis_slice(j0, q1 - q0, sw))
                 self.offsets.append((box, src, (o1 - o0, q1 - q0) == (ho, wo)))
         # windows tile the input exactly: each offset writes its own positions of dx
         self.direct = (
@@ -709,7 +695,7 @@ class ChwnPoolPlan:
         channel = self.h * self.w * self.n * self.dtype.itemsize
         count = -(-self.c * channel // CHUNK_BYTES)
         count = min(self.c, -(-count // NUM_THREADS) * NUM_THREADS)
-        blocks = _even_ranges(self.c, count)
+        blocks = even_ranges(self.c, count)
 
         def part(i, j):
             for c0, c1 in blocks[i:j]:

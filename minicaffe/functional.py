@@ -195,15 +195,42 @@ def parallel(fn, n: int, work: int = 1 << 30, gemm: bool = False, dynamic: bool 
 
     old = _blas.limit(1) if gemm else None
     try:
-        bounds = [n * i // parts for i in range(parts + 1)]
-        futures = [_pool.submit(part, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+        ranges = even_ranges(n, parts)
+        futures = [_pool.submit(part, *r) for r in ranges[1:]]
         try:
-            part(bounds[0], bounds[1])
+            part(*ranges[0])
         finally:
             for f in futures:
                 f.result()
     finally:
         _blas.restore(old)
+
+
+def even_ranges(total: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` [start, stop) ranges of (nearly) equal length covering range(total)."""
+    return [(total * i // parts, total * (i + 1) // parts) for i in range(parts)]
+
+
+def axis_slice(start: int, count: int, step: int) -> slice:
+    """The slice of ``count`` indices from ``start`` in steps of ``step``."""
+    return slice(start, start + step * (count - 1) + 1, step)
+
+
+def add_kernel_columns(target, cols, wo: int, stride: int, dilation: int) -> None:
+    """Overwrite ``target`` (C, H_padded, W_padded, ...) with the columns' gradient of a
+    kernel-row convolution added back at its horizontal kernel offsets: ``cols`` (C, kw,
+    H_padded, W_out, ...) holds, for offset j, the values read from input columns
+    ``j * dilation + w * stride``. With stride 1 the first offset is copied (its columns then
+    need no zeroing pass under it)."""
+    kw = cols.shape[1]
+    if stride == 1:
+        np.copyto(target[:, :, :wo], cols[:, 0])
+        target[:, :, wo:].fill(0)
+    else:
+        target.fill(0)
+    for j in range(1 if stride == 1 else 0, kw):
+        view = target[:, :, axis_slice(j * dilation, wo, stride)]
+        view += cols[:, j]
 
 
 def as_strided(xp, array, shape, strides):
@@ -988,14 +1015,7 @@ class Conv2dDirectPlan(_Tiled):
                     blas.gemm(self.wr[i, k].T, d4[n, k], dcol[k, :, off : off + p],
                               beta=float(i > 0))
             target = dx[n] if sc["dxpad"] is None else sc["dxpad"][0]
-            if sw == 1:  # the first kernel column is copied (no zeroing pass under it)
-                np.copyto(target[:, :, :wo], dcol5[:, 0])
-                target[:, :, wo:].fill(0)
-            else:
-                target.fill(0)
-            for j in range(1 if sw == 1 else 0, kw):
-                view = target[:, :, j * dw : j * dw + sw * (wo - 1) + 1 : sw]
-                view += dcol5[:, j]
+            add_kernel_columns(target, dcol5, wo, sw, dw)
             if target is not dx[n]:
                 dx[n] = target[:, ph : ph + self.h, pw : pw + self.w]
 
