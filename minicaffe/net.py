@@ -316,7 +316,7 @@ class Net:
                         ok[id(blob)] = False
                         changed = True
         for blob in self.blobs.values():
-            blob.chwn_ok = ok.get(id(blob), False) and id(blob) not in exposed
+            blob.chwn_ok = ok.get(id(blob), False)  # (exposed blobs were never marked ok)
 
     def _share_param(self, lp, pi, blob, owner_blob, spec, owner_index) -> None:
         strict = spec.share_mode == caffe_pb2.ParamSpec.STRICT
