@@ -21,8 +21,9 @@ torch, ...), each side idle while the other runs, so both see the same stretches
 machine's load: besides the ratio of the overall medians, each round gives a paired ratio, and
 their median and spread are printed, with the ratio of the two fastest steps. Timings on a
 shared machine are noisy: run it several times and compare ratios, not absolute times. When the
-host steals CPU time, minicaffe's medians suffer more than torch's (its two threads hand work
-over through sleeping threads, torch's OpenMP threads spin), which the ratio of minima shows.
+host steals CPU time, minicaffe's medians can suffer more than torch's (where it splits NumPy
+passes between its own threads, they hand work over through sleeping threads; torch's OpenMP
+threads spin), which the ratio of minima shows.
 """
 
 from __future__ import annotations
