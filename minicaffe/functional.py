@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -186,10 +187,13 @@ def parallel(fn, n: int, work: int = 1 << 30, gemm: bool = False, dynamic: bool 
     else:
         body = fn
 
+    errors = np.geterr()  # NumPy's error state is per thread: the workers take the caller's
+
     def part(a, b):
         _state.busy = True
         try:
-            body(a, b)
+            with np.errstate(**errors):
+                body(a, b)
         finally:
             _state.busy = False
 
@@ -1259,7 +1263,12 @@ class PoolPlan:
         ws = np.arange(wo) * sw - pw
         hc = np.minimum(hs + kh, h + ph) - hs
         wc = np.minimum(ws + kw, w + pw) - ws
-        self.inv_div = xp.asarray((1.0 / np.outer(hc, wc)).astype(self.dtype))
+        with np.errstate(divide="ignore"):  # an empty last window divides by 0, as in Caffe
+            self.inv_div = xp.asarray((1.0 / np.outer(hc, wc)).astype(self.dtype))
+        # MAX windows holding no input value (pad 0, CEIL rounding, a last window that starts
+        # past the edge): Caffe leaves them at -FLT_MAX with mask -1, and they pass no gradient
+        empty = np.logical_or.outer(hs >= h, ws >= w)
+        self.empty = xp.asarray(empty) if empty.any() else None
         # the padded extent the windows cover, and the image part inside it
         self.hpad, self.wpad = (ho - 1) * sh + kh, (wo - 1) * sw + kw
         self.copy_h, self.copy_w = min(h, self.hpad - ph), min(w, self.wpad - pw)
@@ -1325,8 +1334,10 @@ class PoolPlan:
 
         def run(i, j):
             scratch = self._part(threading.get_ident(), fill)
-            for a, b in chunks[i:j]:
-                fn(scratch, *(arr[a:b] for arr in arrays))
+            # (NumPy's error state is per thread: each worker sets its own)
+            with np.errstate(all="ignore") if self.empty is not None else nullcontext():
+                for a, b in chunks[i:j]:
+                    fn(scratch, *(arr[a:b] for arr in arrays))
 
         if self.xp is np:
             parallel(run, len(chunks), math.prod(self.shape), dynamic=True)
@@ -1376,6 +1387,8 @@ class PoolPlan:
             self._chunks(self._max_track_chunk, -np.inf, x, y, self._ensure_idx())
         else:
             self._chunks(self._max_chunk, -np.inf, x, y)
+        if self.empty is not None:
+            y[..., self.empty] = -np.finfo(np.float32).max
 
     def _fold_offsets(self, scratch, x, y, op) -> None:
         """y = op(...op(op(v_0, v_1), v_2)..., v_last) over the kernel offsets' views v of x."""
@@ -1428,6 +1441,9 @@ class PoolPlan:
     def _max_backward_chunk(self, scratch, dy, dx, idx) -> None:
         flat = self._flat_index(scratch, idx)
         dx.fill(0)
+        if self.empty is not None:  # windows without input send their gradient nowhere
+            keep = ~self.empty
+            flat, dy = flat[..., keep], dy[..., keep]
         scatter_add(self.xp, dx.reshape(-1), flat.reshape(-1), dy.reshape(-1))
 
     def max_mask(self, out) -> None:
@@ -1437,6 +1453,8 @@ class PoolPlan:
             out.reshape(n * c)[...] = self.idx.reshape(n * c)
             return
         self._chunks(self._mask_chunk, -np.inf, self.idx, out)
+        if self.empty is not None:
+            out[..., self.empty] = -1
 
     def _mask_chunk(self, scratch, idx, out) -> None:
         b = idx.shape[0]

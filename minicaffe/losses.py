@@ -663,8 +663,14 @@ class ChunkPlan:
                     return
                 yield chunk
 
+        errors = np.geterr()  # NumPy's error state is per thread: the workers take the caller's
+
+        def worker(j, chunks):
+            with np.errstate(**errors):
+                fn(j, chunks)
+
         pool = _get_pool(self.workers - 1)
-        futures = [pool.submit(fn, j, take()) for j in range(1, self.workers)]
+        futures = [pool.submit(worker, j, take()) for j in range(1, self.workers)]
         error = None
         try:
             fn(0, take())

@@ -33,9 +33,10 @@ def parse_spatial(layer: Layer, p, num_spatial: int):
                 )
             if values:
                 raise layer.error(f"give either {name} or {h}_h/{h}_w, not both")
-            if not (p.HasField(f"{h}_h") and p.HasField(f"{h}_w")):
-                raise layer.error(f"{h}_h and {h}_w must be given together")
+            # as Caffe, the one not given takes its field's default (0): fine for a pad, and
+            # refused below for a kernel or a stride
             out = (int(getattr(p, f"{h}_h")), int(getattr(p, f"{h}_w")))
+            name = f"{h}_h/{h}_w"
         elif not values:
             if default is None:
                 raise layer.error("convolution_param needs kernel_size (or kernel_h and kernel_w)")

@@ -102,6 +102,7 @@ class PoolingLayer(Layer):
         self._tracked = False
         self._chwn = False
         self.chwn_plan = None
+        self._empty_windows = False
         self.n_tops = len(top)
 
     def reshape(self, bottom, top):
@@ -129,6 +130,7 @@ class PoolingLayer(Layer):
             self.plan = PoolPlan(self.xp, self.dtype, shape, kernel, self.stride, self.pad, out)
             self._scratch_y = None
             self.chwn_plan = None
+            self._empty_windows = self.plan.empty is not None
             if self.takes_chwn(0):
                 name = "MAX" if self.method == MAX else "AVE"
                 self.chwn_plan = ChwnPoolPlan(
@@ -137,11 +139,13 @@ class PoolingLayer(Layer):
         self._chwn = False
 
     def takes_chwn(self, bottom_index: int) -> bool:
-        """MAX (without the mask top) and AVE on NumPy run in the (C, H, W, N) order."""
+        """MAX (without the mask top) and AVE on NumPy run in the (C, H, W, N) order (windows
+        past the edge stay in NCHW, whose plan handles them)."""
         batch = self._plan_key[0][0] if self._plan_key else 0
         return (
             self.xp is np
             and self.method in (MAX, AVE)
+            and not self._empty_windows
             and self.n_tops == 1
             and strided_ok(self.stride, batch)
         )

@@ -203,7 +203,10 @@ def test_float32_matches_float64():
             LayerError,
             "not both",
         ),
-        ("num_output: 2 kernel_h: 3", (1, 1, 5, 5), LayerError, "together"),
+        ("num_output: 2 kernel_h: 3", (1, 1, 5, 5), LayerError,
+         r"kernel_h/kernel_w must be >= 1 .* \(3, 0\)"),
+        ("num_output: 2 kernel_size: 3 stride_w: 2", (1, 1, 5, 5), LayerError,
+         r"stride_h/stride_w must be >= 1"),
         ("num_output: 2 kernel_size: 3 stride: 0", (1, 1, 5, 5), LayerError, "stride"),
         (
             "num_output: 2 kernel_size: 3 kernel_size: 3",
@@ -388,3 +391,22 @@ def test_kernel_row_direct_plan_matches_whole_kernel_columns(geom_args, group, t
             results.append((y, dw, db, dx, dx_only))
         for whole, rows in zip(*results):
             np.testing.assert_allclose(rows, whole, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("pads, expect", [("pad_w: 1", (0, 1)), ("pad_h: 2", (2, 0))])
+def test_one_of_pad_h_and_pad_w_leaves_the_other_zero(pads, expect):
+    """Caffe reads pad_h/pad_w as a pair with each field's default (0), so nets converted from
+    other frameworks that write only the non-zero pad load."""
+    x = np.random.default_rng(3).standard_normal((1, 2, 5, 6))
+    layer, bottom, top, _ = _make(f"num_output: 3 kernel_h: 3 kernel_w: 3 {pads}", x.shape)
+    bottom[0].data[...] = x
+    run_forward(layer, bottom, top)
+    ph, pw = expect
+    assert top[0].shape == (1, 3, 5 + 2 * ph - 2, 6 + 2 * pw - 2)
+    w, b = (blob.data for blob in layer.blobs)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    ref = np.zeros(top[0].shape)
+    for i in range(ref.shape[2]):
+        for j in range(ref.shape[3]):
+            ref[0, :, i, j] = np.tensordot(w, xp[0, :, i:i + 3, j:j + 3], axes=3) + b
+    np.testing.assert_allclose(top[0].data, ref, rtol=1e-10)

@@ -62,7 +62,9 @@ def reference_pool(x, method, k, s, p, ceil=True):
             hs, ws, he, we = max(hs, 0), max(ws, 0), min(he, h), min(we, w)
             win = x[:, :, hs:he, ws:we].reshape(n, c, -1)
             windows[i, j] = (hs, he, ws, we, size)
-            if method == "MAX":
+            if method == "MAX" and win.shape[2] == 0:  # a window past the edge: Caffe's init
+                y[:, :, i, j], mask[:, :, i, j] = -np.finfo(np.float32).max, -1
+            elif method == "MAX":
                 a = win.argmax(axis=2)  # first maximum in row-major order
                 y[:, :, i, j] = win.max(axis=2)
                 mask[:, :, i, j] = (hs + a // (we - ws)) * w + ws + a % (we - ws)
@@ -267,3 +269,40 @@ def test_forward_after_backward_is_unchanged(method, k, s, p, shape, chunking):
     layer.backward(top, [True], bottom)
     again = run_forward(layer, bottom, top)[0]
     np.testing.assert_array_equal(again, first)
+
+
+@pytest.mark.parametrize("k,s,shape", [((1, 1), (2, 2), (2, 3, 8, 8)),
+                                       ((1, 3), (3, 2), (1, 2, 5, 5)),
+                                       ((2, 2), (3, 3), (2, 1, 6, 7))])
+def test_max_windows_past_the_edge_as_caffe(k, s, shape, chunking):
+    """pad 0 with CEIL rounding: the last window can start past the edge and hold no input.
+    Caffe leaves it at -FLT_MAX with mask -1; no gradient flows from it (Caffe's own backward
+    writes before the plane there, which is undefined), and nothing warns."""
+    import warnings
+
+    x = _unique_input(shape, seed=5)
+    n, c, h, w = shape
+    layer, bottom, top = make_layer("top: 'y' top: 'mask' " + _text("MAX", k, s, (0, 0)), [x],
+                                    dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y, mask = run_forward(layer, bottom, top)
+        ho, wo = y.shape[2:]
+        empty = np.logical_or.outer(np.arange(ho) * s[0] >= h, np.arange(wo) * s[1] >= w)
+        assert empty.any()
+        assert np.all(y[..., empty] == -np.finfo(np.float32).max)
+        assert np.all(mask[..., empty] == -1)
+        ref, ref_mask, _ = reference_pool(x, "MAX", k, s, (0, 0))
+        np.testing.assert_allclose(y, ref, rtol=1e-6)
+        np.testing.assert_array_equal(mask, ref_mask)
+        top[0].diff[...] = 1.0
+        layer.backward(top, [True], bottom)
+        dx = bottom[0].diff
+        # each window with input sends its 1 to its maximum; the empty ones send nothing
+        assert dx.sum() == pytest.approx(n * c * (~empty).sum())
+        for name in ("MAX", "AVE"):  # and the layer without the mask top (working layout too)
+            layer, bottom, top = make_layer(_text(name, k, s, (0, 0)), [x], dtype=np.float32)
+            run_forward(layer, bottom, top)
+            top[0].diff[...] = 1.0
+            layer.backward(top, [True], bottom)
+            assert np.isfinite(bottom[0].diff).all()
