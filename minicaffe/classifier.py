@@ -25,6 +25,12 @@ def _preprocess_batch(transformer, name: str, images: np.ndarray) -> np.ndarray:
     transpose = transformer.transpose.get(name)
     if transpose is not None:
         out = out.transpose((0,) + tuple(t + 1 for t in transpose))
+        channels = transformer.inputs[name][1]
+        if out.shape[1] != channels:
+            raise ShapeError(
+                f"the images have {out.shape[1]} channels but the input {name!r} takes "
+                f"{channels} (load colour images with load_image(color=True), or grey ones "
+                "with color=False)")
     swap = transformer.channel_swap.get(name)
     if swap is not None:
         out = out[:, list(swap)]

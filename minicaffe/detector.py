@@ -72,7 +72,12 @@ class Detector(Net):
         """The window (ymin, xmin, ymax, xmax) of ``im``, with context padding when set."""
         window = np.asarray(window)
         if not self.context_pad:
-            return im[int(window[0]) : int(window[2]), int(window[1]) : int(window[3])]
+            y0, x0, y1, x1 = (int(v) for v in window)
+            crop = im[max(y0, 0) : y1, max(x0, 0) : x1]
+            if crop.shape[0] == 0 or crop.shape[1] == 0:
+                raise ShapeError(f"window {tuple(window.tolist())} (ymin, xmin, ymax, xmax) "
+                                 f"holds no pixel of the {im.shape[0]} x {im.shape[1]} image")
+            return crop
         crop_size = self.blobs[self.inputs[0]].shape[3]  # square input assumed, as pycaffe
         scale = crop_size / (1.0 * crop_size - self.context_pad * 2)
         half_h = (window[2] - window[0] + 1) / 2.0

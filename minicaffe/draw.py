@@ -114,6 +114,10 @@ def get_dot_graph(
     layers of that phase (by their include/exclude rules); None draws every layer."""
     if rankdir not in RANKDIRS:
         raise DrawError(f"rankdir must be one of {', '.join(RANKDIRS)}; received {rankdir!r}")
+    if len(net_param.layers):  # a V1/V0 net: its layers are drawn once upgraded
+        from minicaffe.upgrade import upgrade_net
+
+        net_param, _ = upgrade_net(net_param, "<NetParameter>")
     lines = [
         f"digraph {_quote(net_param.name or 'Net')} {{",
         f"  graph [rankdir={rankdir}];",

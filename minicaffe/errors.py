@@ -25,6 +25,7 @@ class PrototxtError(MinicaffeError):
         token: str | None = None,
     ):
         self.filename, self.line, self.column, self.token = filename, line, column, token
+        self.detail = message
         where = filename or "<text>"
         if line is not None:
             where += f":{line}"
@@ -43,6 +44,10 @@ class NetBuildError(MinicaffeError):
 
 class UnknownLayerError(NetBuildError):
     """A layer type that no registered layer implements."""
+
+
+class PhaseError(NetBuildError, ValueError):
+    """A phase other than TRAIN/TEST (0/1); also a ValueError, as it used to be."""
 
 
 class LayerError(MinicaffeError):
@@ -71,6 +76,18 @@ class NonFiniteError(SolverError):
 
 class DataError(MinicaffeError):
     """A data source that is missing, unreadable or of the wrong size."""
+
+
+class FileWriteError(MinicaffeError, OSError):
+    """A file that cannot be written (missing folder, no permission, disk full); names the path
+    asked for. Also an OSError, so ``except OSError`` keeps catching it."""
+
+    def __init__(self, path, reason: str, errno: int | None = None):
+        super().__init__(errno, reason, str(path))
+        self.message = f"{path}: cannot write: {reason}"
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class DeviceError(MinicaffeError):

@@ -8,6 +8,7 @@ usually BGR, scaled to [0, 255] and mean-subtracted) and back.
 from __future__ import annotations
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from minicaffe.errors import DataError, ShapeError, WeightsError
 from minicaffe.proto import caffe_pb2
@@ -75,7 +76,10 @@ def arraylist_to_blobprotovector_str(arraylist) -> bytes:
 def blobprotovector_str_to_arraylist(data: bytes) -> list[np.ndarray]:
     """The arrays of a serialized BlobProtoVector."""
     vec = caffe_pb2.BlobProtoVector()
-    vec.ParseFromString(data)
+    try:
+        vec.ParseFromString(data)
+    except DecodeError as exc:
+        raise BlobProtoError(f"not a serialized BlobProtoVector ({exc})") from None
     return [blobproto_to_array(b) for b in vec.blobs]
 
 
@@ -279,12 +283,23 @@ class Transformer:
         """One image (H x W x K) as the net input ``in_`` expects it (K x H x W)."""
         self._check_input(in_)
         out = np.array(data, dtype=np.float32)  # a copy: the caller's image stays untouched
+        if out.ndim == 2:  # a grey image without its channel axis (H x W x 1 in pycaffe)
+            out = out[:, :, None]
+        if out.ndim != 3:
+            raise TransformerError(f"preprocess({in_!r}): expected one image H x W x K; "
+                                   f"received shape {out.shape}")
         size = self.inputs[in_][2:]
         if out.shape[:2] != size and len(size) == 2:
             out = resize_image(out, size)
         transpose = self.transpose.get(in_)
         if transpose is not None:
             out = out.transpose(transpose)
+        channels = self.inputs[in_][1] if len(self.inputs[in_]) > 1 else None
+        if transpose is not None and channels is not None and out.shape[0] != channels:
+            raise TransformerError(
+                f"preprocess({in_!r}): the image has {out.shape[0]} channels but the input takes "
+                f"{channels} (load a colour image with load_image(color=True), or a grey one "
+                "with color=False)")
         swap = self.channel_swap.get(in_)
         if swap is not None:
             out = out[list(swap), :, :]

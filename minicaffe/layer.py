@@ -22,7 +22,7 @@ import numpy as np
 
 from minicaffe.backend import CPU_DEVICE, Device
 from minicaffe.blob import Blob, shape_equals_legacy
-from minicaffe.errors import LayerError, ShapeError
+from minicaffe.errors import LayerError, ShapeError, WeightsError
 
 
 class Layer:
@@ -171,7 +171,10 @@ class Layer:
     def blob_from_proto(self, proto) -> Blob:
         from minicaffe.prototxt import blobproto_to_array
 
-        arr = blobproto_to_array(proto, dtype=self.dtype)
+        try:
+            arr = blobproto_to_array(proto, dtype=self.dtype)
+        except WeightsError as exc:
+            raise self.error(f"a blob given in the layer definition: {exc}") from None
         blob = self.new_blob(arr.shape)
         blob.data[...] = self.xp.asarray(arr)
         return blob

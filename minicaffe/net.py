@@ -20,7 +20,13 @@ import numpy as np
 from minicaffe import backend
 from minicaffe.backend import Device, copy_into, to_xp
 from minicaffe.blob import Blob, shape_equals_legacy
-from minicaffe.errors import MinicaffeError, NetBuildError, ShapeError, WeightsError
+from minicaffe.errors import (
+    MinicaffeError,
+    NetBuildError,
+    PhaseError,
+    ShapeError,
+    WeightsError,
+)
 from minicaffe.graph import check_topology, filter_net, insert_splits
 from minicaffe.proto import caffe_pb2
 from minicaffe.registry import create_layer, resolve_device
@@ -49,23 +55,29 @@ def _parse_phase(value) -> int:
     if isinstance(value, str):
         upper = value.upper()
         if upper not in ("TRAIN", "TEST"):
-            raise ValueError(f"phase must be TRAIN or TEST; received {value!r}")
+            raise PhaseError(f"phase must be TRAIN or TEST; received {value!r}")
         return TRAIN if upper == "TRAIN" else TEST
-    value = int(value)
-    if value not in (TRAIN, TEST):
-        raise ValueError(f"phase must be TRAIN (0) or TEST (1); received {value}")
-    return value
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = None
+    if number not in (TRAIN, TEST):
+        raise PhaseError(f"phase must be TRAIN (0) or TEST (1); received {value!r}")
+    return number
 
 
 def _is_hdf5(path) -> bool:
+    """Whether a weights file is HDF5, by its content as Caffe decides (H5Fis_hdf5): a binary
+    .caffemodel saved under a .h5 name still loads. A missing file goes by its name, so the
+    error comes from the reader the user meant."""
+    from minicaffe.prototxt import HDF5_MAGIC
+
     path = os.fspath(path)
-    if path.endswith((".h5", ".hdf5")):
-        return True
     try:
         with open(path, "rb") as fh:
-            return fh.read(8) == b"\x89HDF\r\n\x1a\n"
+            return fh.read(8) == HDF5_MAGIC
     except OSError:
-        return False
+        return path.endswith((".h5", ".hdf5"))
 
 
 class _Transfer:
@@ -81,12 +93,22 @@ class Net:
     """A Caffe network.
 
     Forms (as pycaffe): ``Net(model, phase)``, ``Net(model, weights, phase)``, and the keyword
-    form ``Net(model, phase=TEST, weights=None, device=None, level=0, stages=(), dtype=float32)``.
-    ``model`` is a prototxt path, prototxt text, or a NetParameter.
+    form ``Net(model, phase=TEST, weights=None, device=None, level=0, stages=(), dtype=float32)``
+    (pycaffe's ``network_file=`` names the model too). ``model`` is a prototxt path, prototxt
+    text, or a NetParameter. As Caffe's Net(file, phase, level, stages), a model read from a file
+    or text gets ``level`` (default 0) whatever its ``state`` says, and ``stages`` added to its
+    own; a NetParameter keeps its state's level unless ``level`` is given. ``weights`` is one
+    file, or (as the caffe tool's ``--weights``) several separated by commas.
     """
 
-    def __init__(self, model, *args, phase=None, weights=None, device: Device | None = None,
-                 level: int = 0, stages=(), dtype=np.float32):
+    def __init__(self, model=None, *args, phase=None, weights=None, device: Device | None = None,
+                 level: int | None = None, stages=(), dtype=np.float32, network_file=None):
+        if model is None:
+            if network_file is None:
+                raise TypeError("Net() needs the model (a prototxt path, text or NetParameter)")
+            model = network_file
+        elif network_file is not None:
+            raise TypeError("Net() received both a model and network_file")
         for arg in args:
             if isinstance(arg, (str, os.PathLike)) and not (isinstance(arg, str)
                                                              and arg.upper() in ("TRAIN", "TEST")):
@@ -107,8 +129,8 @@ class Net:
             param = read_net_param(model)
         if phase is not None:
             param.state.phase = _parse_phase(phase)
-        if level:
-            param.state.level = int(level)
+        if level is not None or not isinstance(model, caffe_pb2.NetParameter):
+            param.state.level = int(level or 0)
         if stages:
             param.state.stage.extend(list(stages))
         from minicaffe.layers.python import module_search_dirs
@@ -119,7 +141,8 @@ class Net:
         with module_search_dirs(here):
             self._build(param)
         if weights is not None:
-            for path in str(weights).split(","):
+            whole = os.fspath(weights)
+            for path in [whole] if os.path.exists(whole) else whole.split(","):
                 self.copy_from(path)
 
     # ------------------------------------------------------------------ construction
@@ -482,20 +505,39 @@ class Net:
             if unknown:
                 raise NetBuildError(f"forward() received {sorted(unknown)}, which are not net "
                                     f"inputs; the inputs are {self.inputs}")
-            reshaped = False
-            for name, value in kwargs.items():
-                blob = self.blobs[name]
-                value = np.asarray(value) if not hasattr(value, "__cuda_array_interface__") \
-                    else value
-                if tuple(value.shape) != blob.shape:
-                    blob.reshape(value.shape)
-                    reshaped = True
-                blob.data[...] = to_xp(value, blob.xp)
-            if reshaped:
-                self.reshape()
+            self._set_inputs(kwargs)
         self.loss = self.forward_from_to(start_i, end_i)
         return {name: backend.to_numpy(self.blobs[name].data)
                 for name in dict.fromkeys(outs + blobs)}
+
+    def _set_inputs(self, values: dict) -> None:
+        """Copy ``values`` (input name -> array) into the input blobs, reshaping the net for new
+        shapes. Input that is refused (not numeric, or a shape some layer rejects) leaves the
+        net in the shapes it had, so the next call can go on as before."""
+        arrays = {}
+        for name, value in values.items():
+            if not hasattr(value, "__cuda_array_interface__"):
+                value = np.asarray(value)
+                if value.dtype.kind not in "biuf":
+                    raise ShapeError(f"input '{name}': expected a numeric array; received "
+                                     f"{value.dtype} data of shape {value.shape}")
+            arrays[name] = value
+        before = {name: self.blobs[name].shape for name in arrays}
+        reshaped = [name for name, value in arrays.items()
+                    if tuple(value.shape) != before[name]]
+        if reshaped:
+            try:
+                for name in reshaped:
+                    self.blobs[name].reshape(arrays[name].shape)
+                self.reshape()
+            except BaseException:
+                for name in reshaped:
+                    self.blobs[name].reshape(before[name])
+                self.reshape()
+                raise
+        for name, value in arrays.items():
+            blob = self.blobs[name]
+            blob.data[...] = to_xp(value, blob.xp)
 
     def backward(self, diffs=None, start: str | None = None, end: str | None = None, **kwargs):
         """pycaffe's backward: copy ``kwargs`` (output name -> array) into the output diffs, run
@@ -577,7 +619,13 @@ class Net:
         parts: dict[str, list] = {name: [] for name in names}
         num = batch = None
         if kwargs:
+            unknown = set(kwargs) - set(self.inputs)
+            if unknown:
+                raise NetBuildError(f"forward_all() received {sorted(unknown)}, which are not "
+                                    f"net inputs; the inputs are {self.inputs}")
             num = len(next(iter(kwargs.values())))
+            if num == 0:
+                raise ShapeError("forward_all() received inputs of 0 items; give at least one")
             batch = self.blobs[next(iter(kwargs))].shape[0]
         for chunk in (self._batch(kwargs) if kwargs else [{}]):
             outs = self.forward(blobs=blobs, **chunk)
@@ -717,15 +765,21 @@ class Net:
         """``weights``: iterable of (layer name, [arrays or BlobArrays])."""
         report = CopyReport()
         seen = set()
+        # as Caffe's CopyTrainedLayersFrom: each entry of the file goes to the first layer of
+        # its name, and a later entry of the same name overwrites an earlier one
+        first: dict[str, object] = {}
+        for name, layer in zip(self._layer_names, self.layers):
+            first.setdefault(name, layer)
         for name, blobs in weights:
-            layer = self.layer_dict.get(name)
+            layer = first.get(name)
             if layer is None:
                 if blobs:
                     report.not_in_model.append(name)
                 continue
-            if name in seen:
-                continue
-            seen.add(name)
+            if name not in seen:
+                seen.add(name)
+                if layer.blobs:
+                    report.copied.append(name)
             if len(blobs) != len(layer.blobs):
                 if not blobs and not layer.blobs:
                     continue
@@ -746,43 +800,40 @@ class Net:
                             f"({dst.count}). To learn this layer from scratch, rename it.")
                     arr = arr.reshape(dst.shape)
                 dst.data[...] = to_xp(arr, dst.xp, dst.dtype)
-            if layer.blobs:
-                report.copied.append(name)
-        report.not_in_file = [l.name for l in self.layers if l.blobs and l.name not in seen]
+        report.not_in_file = [name for name, l in zip(self._layer_names, self.layers)
+                              if l.blobs and (name not in seen or first[name] is not l)]
         log.info("%s: %s", source, report.summary())
         self.last_copy_report = report
         return report
 
     def save_hdf5(self, path, write_diff: bool = False) -> None:
-        """Write the parameters as Caffe's HDF5 weights: ``/data/<layer>/<i>`` datasets (and
-        ``/diff/<layer>/<i>`` with ``write_diff``), one group per layer; a shared parameter is
-        written only by its owner. The file is replaced atomically."""
-        import tempfile
+        """Write the parameters as Caffe's HDF5 weights (Net::ToHDF5): ``/data/<layer>/<i>``
+        datasets (and ``/diff/<layer>/<i>`` with ``write_diff``), one group per layer name (the
+        first layer of a repeated name); a shared parameter is written only by its owner. The
+        file is replaced atomically."""
+        import io
 
         import h5py
 
-        path = os.fspath(path)
-        owner_of = dict(zip(self.param_layer_indices, self.param_owners))
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=folder)
-        os.close(fd)
-        try:
-            with h5py.File(tmp, "w") as f:
-                roles = [("data", "data")] + ([("diff", "diff")] if write_diff else [])
-                for group_name, role in roles:
-                    group = f.create_group(group_name)
-                    for li, layer in enumerate(self.layers):
-                        lg = group.require_group(layer.name)
-                        for pi, blob in enumerate(layer.blobs):
-                            if owner_of.get((li, pi), -1) != -1:
-                                continue
-                            arr = backend.to_numpy(getattr(blob, role))
-                            lg.create_dataset(str(pi), data=np.ascontiguousarray(arr))
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        from minicaffe.prototxt import atomic_write_bytes
+
+        bio = io.BytesIO()
+        borrowed = {idx for idx, owner in zip(self.param_layer_indices, self.param_owners)
+                    if owner != -1}
+        with h5py.File(bio, "w") as f:
+            groups = [("data", f.create_group("data"))]
+            if write_diff:
+                groups.append(("diff", f.create_group("diff")))
+            for li, layer in enumerate(self.layers):
+                for role, group in groups:
+                    if layer.name in group:
+                        continue
+                    lg = group.create_group(layer.name)
+                    for i, blob in enumerate(layer.blobs):
+                        if (li, i) not in borrowed:
+                            arr = backend.to_numpy(blob.data if role == "data" else blob.diff)
+                            lg.create_dataset(str(i), data=np.ascontiguousarray(arr))
+        atomic_write_bytes(path, bio.getvalue())
 
     def load_hdf5(self, path) -> CopyReport:
         """Copy parameters from Caffe HDF5 weights (``/data/<layer>/<i>``) by layer name.
@@ -791,57 +842,75 @@ class Net:
         parameter shared from another layer (Caffe writes shared parameters once)."""
         import h5py
 
+        from minicaffe.prototxt import HDF5_ERRORS
+
         path = os.fspath(path)
-        owner_of = dict(zip(self.param_layer_indices, self.param_owners))
         report = CopyReport()
         try:
             f = h5py.File(path, "r")
         except OSError as exc:
             raise WeightsError(f"{path}: cannot open as HDF5 weights ({exc})") from None
-        with f:
-            if "data" not in f:
-                raise WeightsError(f"{path}: not Caffe HDF5 weights: no /data group (expected "
-                                   "/data/<layer>/<index> datasets)")
-            group = f["data"]
-            names = set(self._layer_names)
-            tops = {n.split("/")[0] for n in names}
-            report.not_in_model = [n for n in group if n not in tops]
-            for li, layer in enumerate(self.layers):
-                lg = group.get(layer.name)
-                if lg is None or not isinstance(lg, h5py.Group):
-                    if layer.blobs:
-                        report.not_in_file.append(layer.name)
-                    continue
-                stored = [k for k in lg if isinstance(lg[k], h5py.Dataset)]
-                if len(stored) > len(layer.blobs):
-                    raise WeightsError(f"{path}: layer '{layer.name}' ({layer.type}) has "
-                                       f"{len(stored)} parameter blobs in the file but "
-                                       f"{len(layer.blobs)} in the net")
-                for pi, blob in enumerate(layer.blobs):
-                    if str(pi) not in lg:
-                        if owner_of.get((li, pi), -1) != -1:
-                            continue
-                        raise WeightsError(f"{path}: layer '{layer.name}' ({layer.type}) has no "
-                                           f"dataset /data/{layer.name}/{pi}; the net has "
-                                           f"{len(layer.blobs)} parameter blobs for it")
-                    arr = np.asarray(lg[str(pi)])
-                    if tuple(arr.shape) != blob.shape:
-                        raise WeightsError(
-                            f"{path}: cannot copy param {pi} of layer '{layer.name}' "
-                            f"({layer.type}): shape mismatch; the file has {tuple(arr.shape)}, "
-                            f"the net expects {blob.shape}")
-                    blob.data[...] = to_xp(arr, blob.xp, blob.dtype)
-                if layer.blobs:
-                    report.copied.append(layer.name)
+        try:
+            with f:
+                self._load_hdf5_groups(f, path, report)
+        except HDF5_ERRORS as exc:
+            raise WeightsError(
+                f"{path}: damaged or not Caffe HDF5 weights ({type(exc).__name__}: {exc}); "
+                "expected /data/<layer>/<index> datasets") from None
         log.info("%s: %s", path, report.summary())
         self.last_copy_report = report
         return report
 
+    def _load_hdf5_groups(self, f, path: str, report: CopyReport) -> None:
+        import h5py
+
+        if "data" not in f or not isinstance(f["data"], h5py.Group):
+            raise WeightsError(f"{path}: not Caffe HDF5 weights: no /data group (expected "
+                               "/data/<layer>/<index> datasets)")
+        owner_of = dict(zip(self.param_layer_indices, self.param_owners))
+        group = f["data"]
+        tops = {n.split("/")[0] for n in self._layer_names}
+        report.not_in_model = [n for n in group if n not in tops]
+        # a repeated layer name: Caffe's name -> layer map keeps the last layer of that name
+        last = {name: li for li, name in enumerate(self._layer_names)}
+        for li, layer in enumerate(self.layers):
+            lg = group.get(layer.name)
+            if lg is None or not isinstance(lg, h5py.Group) or last[layer.name] != li:
+                if layer.blobs:
+                    report.not_in_file.append(layer.name)
+                continue
+            stored = [k for k in lg if isinstance(lg[k], h5py.Dataset)]
+            if len(stored) > len(layer.blobs):
+                raise WeightsError(f"{path}: layer '{layer.name}' ({layer.type}) has "
+                                   f"{len(stored)} parameter blobs in the file but "
+                                   f"{len(layer.blobs)} in the net")
+            for pi, blob in enumerate(layer.blobs):
+                if str(pi) not in lg:
+                    if owner_of.get((li, pi), -1) != -1:
+                        continue
+                    raise WeightsError(f"{path}: layer '{layer.name}' ({layer.type}) has no "
+                                       f"dataset /data/{layer.name}/{pi}; the net has "
+                                       f"{len(layer.blobs)} parameter blobs for it")
+                arr = np.asarray(lg[str(pi)])
+                if tuple(arr.shape) != blob.shape:
+                    raise WeightsError(
+                        f"{path}: cannot copy param {pi} of layer '{layer.name}' "
+                        f"({layer.type}): shape mismatch; the file has {tuple(arr.shape)}, "
+                        f"the net expects {blob.shape}")
+                blob.data[...] = to_xp(arr, blob.xp, blob.dtype)
+            if layer.blobs:
+                report.copied.append(layer.name)
+
     def share_with(self, other: Net) -> None:
-        """Share parameter data (not diffs) with ``other``'s layers of the same names."""
-        for layer in self.layers:
-            src = other.layer_dict.get(layer.name)
-            if src is None or not layer.blobs:
+        """Share parameter data (not diffs) with ``other``'s layers of the same names (as
+        Caffe's ShareTrainedLayersWith: each layer of ``other``, in order, with the first layer
+        of its name here)."""
+        first: dict[str, object] = {}
+        for name, layer in zip(self._layer_names, self.layers):
+            first.setdefault(name, layer)
+        for name, src in zip(other._layer_names, other.layers):
+            layer = first.get(name)
+            if layer is None or not (layer.blobs or src.blobs):
                 continue
             if len(src.blobs) != len(layer.blobs):
                 raise WeightsError(f"layer '{layer.name}': {len(src.blobs)} vs "

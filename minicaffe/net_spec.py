@@ -126,6 +126,9 @@ class Top:
     def _to_proto(self, layers, names, autonames):
         return self.fn._to_proto(layers, names, autonames)
 
+    def _update(self, params: dict) -> None:
+        self.fn._update(params)
+
     def __repr__(self) -> str:
         return f"<Top {self.n} of {self.fn.type_name}>"
 
@@ -152,6 +155,10 @@ class Function:
                 f"({len(self.inputs)}); ntop is {self.ntop}"
             )
         self.tops = tuple(Top(self, n) for n in range(self.ntop))
+
+    def _update(self, params: dict) -> None:
+        """Merge ``params`` into this layer's parameters (pycaffe's NetSpec.update)."""
+        self.params.update(params)
 
     def _auto(self, type_name: str, autonames: Counter) -> str:
         autonames[type_name] += 1
@@ -250,8 +257,15 @@ class NetSpec:
     def vals(self) -> list:
         return list(self.tops.values())
 
-    def update(self, name: str, value) -> None:
-        self.tops[name] = value
+    def update(self, name: str, params: dict) -> None:
+        """As pycaffe: merge ``params`` into the parameters of the layer that makes top
+        ``name`` (``n.update('conv1', dict(num_output=16))``)."""
+        if name not in self.tops:
+            raise AttributeError(f"NetSpec has no top named {name!r}")
+        if not isinstance(params, dict):
+            raise NetSpecTypeError(f"update({name!r}, ...): give the layer parameters as a "
+                                   f"dict; received {type(params).__name__}")
+        self.tops[name]._update(params)
 
     def to_proto(self):
         names = {value: key for key, value in self.tops.items()}

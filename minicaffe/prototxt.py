@@ -11,6 +11,8 @@ packed), atomically (temporary file in the same folder, then rename).
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -20,28 +22,55 @@ import numpy as np
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
 
-from minicaffe.errors import PrototxtError, WeightsError
+from minicaffe.errors import FileWriteError, PrototxtError, WeightsError
 from minicaffe.proto import caffe_pb2
+
+log = logging.getLogger("minicaffe")
 
 # ---------------------------------------------------------------------------- files
 
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+# What h5py raises on a damaged or unexpected file: OSError/RuntimeError from the HDF5 library
+# (bad signatures, addresses past the end), KeyError/TypeError/ValueError from a layout other
+# than the one expected.
+HDF5_ERRORS = (OSError, RuntimeError, KeyError, TypeError, ValueError)
+
+
+def _new_file_mode(path: str) -> int:
+    """The permission bits ``open(path, "w")`` would leave: an existing file keeps its own,
+    a new one gets 0666 less the umask (a temporary file from mkstemp starts at 0600)."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash never leaves a partial file behind."""
+    """Write ``data`` to ``path`` so that a crash never leaves a partial file behind: a
+    temporary file in the same folder, synced, then renamed over ``path`` with the permission
+    bits a plain write would give. FileWriteError (an OSError) names ``path`` on failure."""
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _new_file_mode(str(path)))
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+    except BaseException as exc:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        if isinstance(exc, OSError) and not isinstance(exc, FileWriteError):
+            raise FileWriteError(path, exc.strerror or str(exc), exc.errno) from None
         raise
 
 
@@ -50,11 +79,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def _looks_like_text(source) -> bool:
-    if not isinstance(source, str):
+    """Whether a string given as a net or solver is prototxt text rather than a path. Text has
+    a newline or a brace, or a ``field: value`` pair; a missing path that holds ':' (a
+    timestamp folder, ``C:/...``) stays a path when it has no spaces or quotes and has a folder
+    separator or a file extension, so the error says that the file does not exist."""
+    if not isinstance(source, str) or os.path.isfile(source):
         return False
-    if "\n" in source or "{" in source or (":" in source and not os.path.exists(source)):
-        return not os.path.isfile(source)
-    return False
+    if "\n" in source or "{" in source:
+        return True
+    if ":" not in source:
+        return False
+    pathlike = not any(c in source for c in " \t\"'") and (
+        "/" in source or "\\" in source or os.path.splitext(source)[1] != ""
+    )
+    return not pathlike
 
 
 # ---------------------------------------------------------------------------- text format
@@ -96,15 +134,25 @@ def read_text(source, message_type, *, what: str = "file"):
         raise PrototxtError(f"no such {what}", filename=path) from None
     except OSError as exc:
         raise PrototxtError(f"cannot read {what}: {exc.strerror}", filename=path) from None
+    return parse_text(_decode_prototxt(raw, path), message_type(), path), path
+
+
+def _decode_prototxt(raw: bytes, path: str) -> str:
+    """The text of a prototxt file. UTF-8 as protobuf expects; a file in another encoding (a
+    GBK or Latin-1 comment, common in published models) is read byte for byte as Latin-1, so
+    its comments are skipped as Caffe skips them. A file with NUL bytes is binary."""
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise PrototxtError(
-            "is not a text prototxt (it is binary; a .caffemodel is passed as "
-            "weights, not as the model definition)",
-            filename=path,
-        ) from None
-    return parse_text(text, message_type(), path), path
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if b"\x00" in raw:
+            raise PrototxtError(
+                "is not a text prototxt (it is binary; a .caffemodel is passed as "
+                "weights, not as the model definition)",
+                filename=path,
+            ) from None
+        line = raw[: exc.start].count(b"\n") + 1
+        log.warning("%s:%d: not UTF-8; reading the file as Latin-1", path, line)
+        return raw.decode("latin-1")
 
 
 def read_net_param(source, *, upgrade: bool = True):
@@ -241,7 +289,12 @@ def _parse_blob(buf, start: int, end: int) -> BlobArrays:
             legacy[num - 1] = v - (1 << 64) if v >= 1 << 63 else v
         elif num in (_B_DATA, _B_DIFF, _B_DDATA, _B_DDIFF):
             dtype = "<f4" if num in (_B_DATA, _B_DIFF) else "<f8"
+            size = 4 if dtype == "<f4" else 8
             if wt == 2:
+                if (vend - v) % size:
+                    raise _Truncated(
+                        f"blob field {num} holds {vend - v} bytes, not whole {size}-byte values"
+                    )
                 parts.setdefault(num, []).append(np.frombuffer(buf[v:vend], dtype=dtype))
             elif (wt == 5 and dtype == "<f4") or (wt == 1 and dtype == "<f8"):
                 parts.setdefault(num, []).append(np.frombuffer(buf[v:vend], dtype=dtype))
@@ -275,15 +328,17 @@ def _parse_blob(buf, start: int, end: int) -> BlobArrays:
     elif dims is not None:
         shape = tuple(dims)
     else:
-        shape = (0 if data is None else len(data),) if data is not None and len(data) != 1 else ()
-    count = int(np.prod(shape)) if shape else 1
+        shape = (0,) if data is None else (len(data),) if len(data) != 1 else ()
+    if any(d < 0 for d in shape):
+        raise _Truncated(f"a blob has a negative dimension in its shape {tuple(shape)}")
+    count = math.prod(shape)
     if data is None:
         data = np.zeros(0, np.float32)
-    if data.size not in (count, 0):
+    if data.size != count:  # as Caffe's Blob::FromProto, a shape needs all its values
         raise _Truncated(
             f"a blob of shape {tuple(shape)} needs {count} values but holds {data.size}"
         )
-    data = data.reshape(shape) if data.size else np.zeros(shape, np.float32)
+    data = data.reshape(shape)
     if diff is not None and diff.size == count:
         diff = diff.reshape(shape)
     return BlobArrays(data=data, diff=diff, legacy=leg)
@@ -313,7 +368,10 @@ def blob_proto_bytes(data: np.ndarray, diff: np.ndarray | None = None) -> bytes:
 
 def blobproto_to_array(proto, dtype=None, *, return_diff: bool = False) -> np.ndarray:
     """A BlobProto message as an ndarray (legacy num/channels/height/width dims accepted)."""
-    blob = _parse_blob(memoryview(proto.SerializeToString()), 0, proto.ByteSize())
+    try:
+        blob = _parse_blob(memoryview(proto.SerializeToString()), 0, proto.ByteSize())
+    except _Truncated as exc:
+        raise WeightsError(f"unusable BlobProto: {exc}") from None
     arr = blob.diff if return_diff else blob.data
     if arr is None:
         arr = np.zeros_like(blob.data)
@@ -402,33 +460,32 @@ def read_caffemodel(path) -> CaffeModel:
     """Read a binary NetParameter (.caffemodel); WeightsError names the file on damage."""
     raw = _read_binary(path)
     path = os.fspath(path)
-    if path.endswith((".h5", ".hdf5")) or raw[:8] == b"\x89HDF\r\n\x1a\n":
+    if raw[:8] == HDF5_MAGIC:  # by content, as Caffe (H5Fis_hdf5), whatever the name
         return _read_caffemodel_h5(path)
-    buf = memoryview(raw)
-    header = bytearray()
-    layer_entries = []
-    weights: list[tuple[str, list[BlobArrays]]] = []
     try:
-        for num, wt, v, vend, fstart in _fields(buf, 0, len(raw)):
-            if num in (_NET_LAYER, _NET_LAYERS_V1) and wt == 2:
-                blob_field = _LAYER_BLOBS if num == _NET_LAYER else _V1_BLOBS
-                kept, blobs = _strip_blobs(buf, v, vend, blob_field)
-                layer_entries.append(_len_field(num, kept))
-                weights.append(("", blobs))
-            else:
-                header += buf[fstart:vend]
-    except _Truncated as exc:
+        return _parse_caffemodel(raw, path)
+    except (_Truncated, pb_message.DecodeError) as exc:
         raise WeightsError(
             f"{path}: truncated or corrupt .caffemodel ({exc}); expected a binary "
             "NetParameter as written by Caffe"
         ) from None
+
+
+def _parse_caffemodel(raw: bytes, path: str) -> CaffeModel:
+    buf = memoryview(raw)
+    header = bytearray()
+    layer_entries = []
+    weights: list[tuple[str, list[BlobArrays]]] = []
+    for num, wt, v, vend, fstart in _fields(buf, 0, len(raw)):
+        if num in (_NET_LAYER, _NET_LAYERS_V1) and wt == 2:
+            blob_field = _LAYER_BLOBS if num == _NET_LAYER else _V1_BLOBS
+            kept, blobs = _strip_blobs(buf, v, vend, blob_field)
+            layer_entries.append(_len_field(num, kept))
+            weights.append(("", blobs))
+        else:
+            header += buf[fstart:vend]
     net = caffe_pb2.NetParameter()
-    try:
-        net.ParseFromString(bytes(header) + b"".join(layer_entries))
-    except pb_message.DecodeError as exc:
-        raise WeightsError(
-            f"{path}: corrupt .caffemodel ({exc}); expected a binary NetParameter"
-        ) from None
+    net.ParseFromString(bytes(header) + b"".join(layer_entries))
     if len(net.layer) and len(net.layers):
         raise WeightsError(f"{path}: holds both 'layer' and legacy 'layers' entries")
     if len(net.layers):
@@ -466,14 +523,19 @@ def _read_caffemodel_h5(path: str) -> CaffeModel:
             group = f["data"]
             for name in group:
                 layer_group = group[name]
+                if not isinstance(layer_group, h5py.Group) or not all(
+                    k.isdigit() for k in layer_group
+                ):
+                    raise TypeError(f"/data/{name} is not a group of datasets 0, 1, ...")
                 idx = sorted(layer_group, key=int)
                 weights.append(
                     (name, [BlobArrays(np.asarray(layer_group[i], dtype=np.float32)) for i in idx])
                 )
                 net.layer.add(name=name)
-    except (OSError, KeyError) as exc:
+    except HDF5_ERRORS as exc:
         raise WeightsError(
-            f"{path}: not a Caffe HDF5 weights file ({exc}); expected groups /data/<layer>/<index>"
+            f"{path}: not a Caffe HDF5 weights file or damaged ({type(exc).__name__}: {exc}); "
+            "expected groups /data/<layer>/<index>"
         ) from None
     return CaffeModel(net=net, weights=weights, path=path)
 

@@ -43,11 +43,19 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from google.protobuf import message as pb_message
 
 from minicaffe import backend, blas
 from minicaffe.backend import CPU_DEVICE, Device
-from minicaffe.errors import MinicaffeError, NonFiniteError, SolverError, WeightsError
+from minicaffe.errors import (
+    MinicaffeError,
+    NonFiniteError,
+    PrototxtError,
+    SolverError,
+    WeightsError,
+)
 from minicaffe.proto import caffe_pb2
+from minicaffe.prototxt import HDF5_ERRORS
 
 log = logging.getLogger("minicaffe.solver")
 
@@ -89,7 +97,11 @@ def solver_class(type_name: str) -> type:
 def get_solver(solver, **kwargs) -> Solver:
     """The solver named by the prototxt's ``type`` (pycaffe's ``caffe.get_solver``)."""
     param, source = load_solver_param(solver)
-    return solver_class(param.type or "SGD")(param, _source=source, **kwargs)
+    try:
+        cls = solver_class(param.type or "SGD")
+    except SolverError as exc:
+        raise SolverError(f"{source or '<solver text>'}: {exc}") from None
+    return cls(param, _source=source, **kwargs)
 
 
 def load_solver_param(solver):
@@ -336,7 +348,12 @@ class Solver:
     def _read_net(self, path: str):
         from minicaffe.prototxt import read_net_param
 
-        return read_net_param(_resolve_path(path, self.base_dir))
+        try:
+            return read_net_param(_resolve_path(path, self.base_dir))
+        except PrototxtError as exc:
+            raise type(exc)(f"{exc.detail} (the net named by solver {self.where()})",
+                            filename=exc.filename, line=exc.line, column=exc.column,
+                            token=exc.token) from None
 
     def _init_train_net(self) -> None:
         p = self.param
@@ -664,6 +681,12 @@ class Solver:
         return results
 
     # ------------------------------------------------------------------ the update
+    @property
+    def lr(self) -> float:
+        """The learning rate of the next update (pycaffe's ``solver.lr``); reading it changes
+        nothing."""
+        return learning_rate(self.param, self.iter, self.current_step)[0]
+
     def get_learning_rate(self) -> float:
         rate, self.current_step = learning_rate(self.param, self.iter, self.current_step)
         return rate
@@ -813,7 +836,7 @@ class Solver:
         fmt = "HDF5" if hdf5 else "binary proto"
         log.info("Snapshotting to %s file %s", fmt, model)
         if hdf5:
-            _write_caffemodel_h5(model, self.net, self.param.snapshot_diff)
+            self.net.save_hdf5(model, self.param.snapshot_diff)
         else:
             self.net.save(model, write_diff=self.param.snapshot_diff)
         state_path = self.snapshot_filename(".solverstate.h5" if hdf5 else ".solverstate")
@@ -1064,31 +1087,6 @@ def _h5py():
     return h5py
 
 
-def _write_caffemodel_h5(path: str, net, write_diff: bool) -> None:
-    """Caffe's Net::ToHDF5 layout: /data/<layer>/<i> (and /diff/... with snapshot_diff)."""
-    from minicaffe.prototxt import atomic_write_bytes
-
-    h5py = _h5py()
-    bio = io.BytesIO()
-    # only parameters that own their memory are saved (shared copies are not)
-    borrowed = {idx for idx, owner in zip(net.param_layer_indices, net.param_owners) if owner != -1}
-    with h5py.File(bio, "w") as f:
-        groups = [("data", f.create_group("data"))]
-        if write_diff:
-            groups.append(("diff", f.create_group("diff")))
-        for li, layer in enumerate(net.layers):
-            for role, group in groups:
-                if layer.name in group:  # a repeated layer name: Caffe keeps the first
-                    continue
-                lg = group.create_group(layer.name)
-                for i, blob in enumerate(layer.blobs):
-                    if (li, i) in borrowed:
-                        continue
-                    arr = blob.data if role == "data" else blob.diff
-                    lg.create_dataset(str(i), data=backend.to_numpy(arr))
-    atomic_write_bytes(path, bio.getvalue())
-
-
 def _write_solverstate_h5(path: str, state, history) -> None:
     from minicaffe.prototxt import atomic_write_bytes
 
@@ -1126,9 +1124,10 @@ def _read_solverstate_h5(path: str):
                 extra = caffe_pb2.SolverState()
                 extra.ParseFromString(f["minicaffe_data_state"][()].tobytes())
                 state.data_state.extend(extra.data_state)
-    except (OSError, KeyError, ValueError) as exc:
+    except HDF5_ERRORS + (pb_message.DecodeError,) as exc:
         raise WeightsError(
-            f"{path}: not a Caffe HDF5 solver state ({exc}); expected datasets "
+            f"{path}: damaged or not a Caffe HDF5 solver state ({type(exc).__name__}: {exc}); "
+            "expected datasets "
             "iter, learned_net, current_step and group history"
         ) from None
     return state, history

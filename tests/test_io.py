@@ -177,3 +177,116 @@ def test_large_model_reads_as_bytes(tmp_path):
     model = read_caffemodel(path)
     got = model.weights[0][1][0].data
     assert got.shape == (2000, 4000) and got[1999, 3999] == w[1999, 3999]
+
+
+# ---------------------------------------------------------------------------- damaged files
+
+
+def _blob_bytes(**fields) -> bytes:
+    proto = caffe_pb2.BlobProto()
+    for name, value in fields.items():
+        if name == "dims":
+            proto.shape.dim.extend(value)
+        elif name == "data":
+            proto.data.extend(value)
+        else:
+            setattr(proto, name, value)
+    return proto.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (_blob_bytes(dims=[5, 36]), "needs 180 values but holds 0"),  # Caffe's FromProto check
+        (_blob_bytes(num=-5), "negative dimension"),
+        (_blob_bytes(dims=[1 << 40, 1 << 20]), "holds 0"),  # no 4 EiB of zeros
+        # packed floats whose length is not a whole number of values
+        (bytes([0x2A, 7]) + b"\x00" * 7, "not whole 4-byte values"),
+    ],
+)
+def test_damaged_blobs_are_weights_errors(tmp_path, raw, message):
+    path = tmp_path / "mean.binaryproto"
+    path.write_bytes(raw)
+    with pytest.raises(WeightsError, match=message):
+        read_binaryproto(path)
+    net = caffe_pb2.NetParameter(name="n")
+    layer = net.layer.add(name="ip", type="InnerProduct")
+    model = tmp_path / "m.caffemodel"
+    model.write_bytes(net.SerializeToString() + b"")
+    # the same blob inside a layer of a .caffemodel (field 7 of LayerParameter)
+    body = layer.SerializeToString() + bytes([0x3A, len(raw)]) + raw
+    model.write_bytes(bytes([0xA2, 0x06, len(body)]) + body)
+    with pytest.raises(WeightsError, match=f"{model}.*{message}"):
+        read_caffemodel(model)
+
+
+def test_v0_caffemodel_with_a_bad_blob_names_the_file(tmp_path):
+    net = caffe_pb2.NetParameter(name="v0")
+    inner = net.layers.add().layer
+    inner.name, inner.type = "conv1", "conv"
+    blob = inner.blobs.add(num=7, channels=3, height=3, width=3)
+    blob.data.extend([0.5] * 108)  # 189 needed
+    path = tmp_path / "v0.caffemodel"
+    path.write_bytes(net.SerializeToString())
+    with pytest.raises(WeightsError, match=f"{path}.*needs 189 values but holds 108"):
+        read_caffemodel(path)
+
+
+def test_binary_caffemodel_under_an_h5_name_is_read_by_content(tmp_path):
+    net = caffe_pb2.NetParameter(name="n")
+    net.layer.add(name="ip", type="InnerProduct")
+    path = tmp_path / "weights.h5"
+    write_caffemodel(path, net, [[np.arange(6, dtype=np.float32).reshape(2, 3)]])
+    model = read_caffemodel(path)
+    np.testing.assert_array_equal(model.arrays_by_layer()["ip"][0], np.arange(6).reshape(2, 3))
+
+
+def test_written_files_follow_the_umask_and_keep_an_existing_mode(tmp_path):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        fresh = tmp_path / "fresh.binaryproto"
+        write_binaryproto(fresh, np.ones(3, np.float32))
+        assert fresh.stat().st_mode & 0o777 == 0o640  # 0666 less the umask, not mkstemp's 0600
+        kept = tmp_path / "kept.binaryproto"
+        kept.write_bytes(b"")
+        kept.chmod(0o604)
+        write_binaryproto(kept, np.ones(3, np.float32))
+        assert kept.stat().st_mode & 0o777 == 0o604
+    finally:
+        os.umask(old)
+
+
+def test_a_failed_write_names_the_path_asked_for(tmp_path):
+    from minicaffe.errors import FileWriteError, MinicaffeError
+
+    target = tmp_path / "no_folder" / "mean.binaryproto"
+    with pytest.raises(FileWriteError) as info:
+        write_binaryproto(target, np.ones(3, np.float32))
+    assert str(info.value) == f"{target}: cannot write: No such file or directory"
+    assert isinstance(info.value, OSError) and isinstance(info.value, MinicaffeError)
+    with pytest.raises(FileWriteError, match="Is a directory"):
+        write_binaryproto(tmp_path, np.ones(3, np.float32))
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind
+
+
+@pytest.mark.parametrize("path", ["runs/2024-01-01T10:00/deploy.prototxt", "C:/m/deploy.prototxt",
+                                  "snap:1.prototxt"])
+def test_a_missing_path_with_a_colon_is_a_missing_file(path):
+    with pytest.raises(PrototxtError, match=f"^{path}: no such net prototxt"):
+        read_net_param(path)
+    # prototxt text on one line stays text
+    assert read_net_param('name: "x"').name == "x"
+    assert read_net_param("name:'a/b.c'").name == "a/b.c"
+
+
+def test_a_prototxt_with_non_utf8_comments_loads(tmp_path):
+    path = tmp_path / "gbk.prototxt"
+    # a GBK comment, and a Latin-1 one at the end of a line
+    path.write_bytes(b'name: "gbk"\n# ' + "这是中文注释".encode("gbk")
+                     + b'\ninput: "data"  # caf\xe9\ninput_shape { dim: 1 }\n')
+    with pytest.raises(UnicodeDecodeError):
+        path.read_bytes().decode("utf-8")
+    net = read_net_param(str(path))
+    assert net.name == "gbk" and [l.top[0] for l in net.layer] == ["data"]

@@ -92,3 +92,18 @@ def test_detector_scores_windows_with_and_without_context(files, tmp_path):
     assert len(padded.detect_windows([(path, windows)])) == 2
     with pytest.raises(MinicaffeError, match="selective-search"):
         det.detect_selective_search([path])
+
+
+def test_bad_images_and_windows_are_clear_errors(files, tmp_path):
+    from PIL import Image
+
+    clf = Classifier(*files)
+    clf.transformer.set_transpose("data", (2, 0, 1))
+    with pytest.raises(MinicaffeError, match="1 channels but the input 'data' takes 3"):
+        clf.predict([np.zeros((4, 4, 1), np.float32)])
+    path = str(tmp_path / "im.png")
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(path)
+    det = Detector(*files)
+    for window in ([30, 30, 40, 40], [5, 5, 5, 9]):  # outside the image; no rows
+        with pytest.raises(MinicaffeError, match="holds no pixel of the 20 x 24 image"):
+            det.detect_windows([(path, np.array([window]))])

@@ -102,3 +102,15 @@ def test_cli_draw(tmp_path, capsys):
     if shutil.which("dot") is None:
         assert main(["draw", str(LENET), str(tmp_path / "x.svg")]) == 1
         assert ".dot" in capsys.readouterr().err
+
+
+def test_a_v1_net_parameter_is_drawn_after_upgrading():
+    from google.protobuf import text_format
+
+    from minicaffe.proto import caffe_pb2
+
+    v1 = text_format.Merge(
+        'name: "v1" input: "data" input_dim: 1 input_dim: 1 input_dim: 4 input_dim: 4\n'
+        'layers { name: "r" type: RELU bottom: "data" top: "r" }', caffe_pb2.NetParameter())
+    dot = draw.get_dot_graph(v1, "LR")
+    assert re.search(r'label="r.*ReLU', dot) and "->" in dot

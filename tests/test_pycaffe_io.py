@@ -193,11 +193,25 @@ def test_transformer_resizes_inputs_and_means():
     (lambda t: t.set_mean("data", np.zeros(4)), "mean has 4 channels"),
     (lambda t: t.set_mean("data", np.zeros((2, 4, 5))), "mean has 2 channels"),
     (lambda t: t.set_mean("data", np.zeros((1, 2, 3, 4, 5))), "mean must be"),
+    # a grey image (with or without its channel axis) into a colour input
+    (lambda t: t.preprocess("data", np.zeros((4, 5))), "1 channels but the input takes 3"),
+    (lambda t: t.preprocess("data", np.zeros((4, 5, 1))), "1 channels but the input takes 3"),
+    (lambda t: t.preprocess("data", np.zeros((2, 4, 5, 3))), "one image H x W x K"),
 ])
 def test_transformer_errors(call, pattern):
     t = cio.Transformer({"data": (1, 3, 4, 5)})
+    t.set_transpose("data", (2, 0, 1))
     with pytest.raises(cio.TransformerError, match=pattern):
         call(t)
+
+
+def test_grey_image_without_channel_axis_is_one_channel():
+    t = cio.Transformer({"data": (1, 1, 4, 5)})
+    t.set_transpose("data", (2, 0, 1))
+    image = np.arange(20, dtype=np.float32).reshape(4, 5)
+    np.testing.assert_array_equal(t.preprocess("data", image), image[None])
+    with pytest.raises(cio.BlobProtoError, match="not a serialized BlobProtoVector"):
+        cio.blobprotovector_str_to_arraylist(b"\xff\xff\xff")
 
 
 def test_mean_binaryproto_workflow(tmp_path):

@@ -318,3 +318,110 @@ def test_module_functions():
     a = Net(MLP, TEST).params["ip"][0].data.copy()
     minicaffe.set_random_seed(5)
     np.testing.assert_array_equal(Net(MLP, TEST).params["ip"][0].data, a)
+
+
+# ---------------------------------------------------------------- as Caffe's Net(file, ...)
+
+def test_a_model_file_gets_level_zero_whatever_its_state_says(tmp_path):
+    path = tmp_path / "levels.prototxt"
+    path.write_text("state { level: 2 }\n" + LEVELS)
+    assert _non_data(Net(str(path), TEST)) == ["NoLevel", "Level0Only", "Level>=0"]
+    assert "Level1Only" in _non_data(Net(str(path), TEST, level=1))
+    # a NetParameter (what a solver builds) keeps its state's level unless one is given
+    from minicaffe.prototxt import read_net_param
+
+    param = read_net_param(str(path), upgrade=True)
+    assert "Level>=1" in _non_data(Net(param, phase=TEST))
+    assert "Level>=1" not in _non_data(Net(param, phase=TEST, level=0))
+
+
+DUPLICATES = """
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 } } }
+layer { name: "fc" type: "InnerProduct" bottom: "x" top: "a" inner_product_param { num_output: 2 } }
+layer { name: "fc" type: "InnerProduct" bottom: "a" top: "b" inner_product_param { num_output: 2 } }
+"""
+
+
+def test_repeated_layer_names_load_as_caffe_does(tmp_path):
+    from minicaffe.proto import caffe_pb2
+    from minicaffe.prototxt import write_caffemodel
+
+    param = caffe_pb2.NetParameter()
+    for _ in range(2):  # the file repeats the name too
+        param.layer.add(name="fc", type="InnerProduct")
+    path = tmp_path / "dup.caffemodel"
+    write_caffemodel(path, param, [[np.full((2, 2), v, np.float32), np.full(2, v, np.float32)]
+                                   for v in (1.0, 2.0)])
+    net = Net(DUPLICATES, TEST)
+    report = net.copy_from(str(path))
+    # every entry goes to the first layer of its name, the later entry last
+    assert np.all(net.layers[1].blobs[0].data == 2.0)
+    assert np.all(net.layers[2].blobs[0].data == 0.0)
+    assert report.copied == ["fc"] and report.not_in_file == ["fc"]
+    other = Net(DUPLICATES, TEST)
+    other.layers[1].blobs[0].data[...] = 5.0
+    other.layers[2].blobs[0].data[...] = 7.0
+    net.share_with(other)  # other's layers in order, each onto the first "fc" here
+    assert np.all(net.layers[1].blobs[0].data == 7.0)
+    assert np.all(net.layers[2].blobs[0].data == 0.0)
+
+
+def test_a_rejected_input_leaves_the_net_as_it_was():
+    net = Net(MLP, TEST)
+    with pytest.raises(ShapeError):
+        net.forward(x=np.zeros((2, 5)))  # 5 features where the layer was set up for 3
+    assert net.blobs["x"].shape == (4, 3) and net.blobs["p"].shape == (4, 2)
+    net.blobs["x"].data[...] = 1.0  # pycaffe's usual pattern still works
+    assert net.forward()["p"].shape == (4, 2)
+    with pytest.raises(ShapeError, match="input 'x': expected a numeric array"):
+        net.forward(x="abc")
+    with pytest.raises(NetBuildError, match="not net inputs"):
+        net.forward_all(z=np.zeros((4, 3)))
+    with pytest.raises(ShapeError, match="0 items"):
+        net.forward_all(x=np.zeros((0, 3)))
+
+
+def test_weights_path_with_a_comma_and_pycaffe_keywords(tmp_path):
+    from minicaffe.errors import PhaseError
+
+    source = Net(MLP, TEST)
+    path = tmp_path / "lr0.01,bs64.caffemodel"
+    source.save(str(path))
+    for net in (Net(MLP, str(path), TEST), Net(network_file=MLP, phase=TEST, weights=str(path))):
+        np.testing.assert_array_equal(net.params["ip"][0].data, source.params["ip"][0].data)
+    with pytest.raises(PhaseError, match="TRAIN .0. or TEST .1.; received 7"):
+        Net(MLP, 7)
+    with pytest.raises(ValueError):  # PhaseError is also the ValueError it used to be
+        Net(MLP, phase="TRAINING")
+
+
+def test_weight_files_by_content_and_damaged_hdf5(tmp_path):
+    net = Net(MLP, TEST)
+    binary = tmp_path / "binary.h5"  # a binary .caffemodel under an HDF5 name (as Caffe: content)
+    net.save(str(binary))
+    assert Net(MLP, str(binary), TEST).last_copy_report.copied == ["ip"]
+    h5 = tmp_path / "w.caffemodel.h5"
+    net.save_hdf5(str(h5))
+    raw = h5.read_bytes()
+    rng = np.random.default_rng(0)
+    outcomes = set()
+    for trial in range(40):  # flipped bytes: the weights load or a WeightsError names the file
+        bad = bytearray(raw)
+        for pos in rng.integers(0, len(raw), size=1 + trial % 6):
+            bad[pos] ^= 0xFF
+        path = tmp_path / f"bad{trial}.caffemodel.h5"
+        path.write_bytes(bytes(bad))
+        try:
+            Net(MLP, TEST).copy_from(str(path))
+            outcomes.add("loaded")
+        except WeightsError as exc:
+            assert str(path) in str(exc)
+            outcomes.add("error")
+    assert "error" in outcomes
+    import h5py
+
+    training = tmp_path / "train.h5"  # an HDF5Data file given as weights
+    with h5py.File(training, "w") as f:
+        f["data"] = np.zeros((2, 3), np.float32)
+    with pytest.raises(WeightsError, match="no /data group"):
+        net.copy_from(str(training))

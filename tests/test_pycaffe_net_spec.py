@@ -152,7 +152,7 @@ def test_to_proto_lists_dependencies_first_and_once():
     assert [l.type for l in proto.layer] == ["Input", "ReLU", "Eltwise"]
     n = NetSpec()
     n["x"] = a
-    n.update("y", c)
+    n["y"] = c
     assert n.keys() == ["x", "y"] and "x" in n
     del n["y"]
     assert n.keys() == ["x"]
@@ -205,3 +205,16 @@ def test_netspec_lenet_builds_and_runs(tmp_path):
     assert net.blobs["prob"].shape == (64, 10)
     out = net.forward()
     assert out["prob"].shape == (64, 10)
+
+
+def test_update_merges_params_into_the_layer_of_a_top():
+    n = NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 3, 8, 8]))
+    n.conv1 = L.Convolution(n.data, num_output=8, kernel_size=3)
+    n.update("conv1", dict(num_output=16, pad=1))  # as pycaffe's NetSpec.update
+    layer = n.to_proto().layer[1]
+    assert layer.convolution_param.num_output == 16
+    assert list(layer.convolution_param.pad) == [1]
+    assert list(layer.convolution_param.kernel_size) == [3]
+    with pytest.raises(AttributeError):
+        n.update("conv9", dict(num_output=1))

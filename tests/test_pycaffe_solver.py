@@ -87,3 +87,26 @@ def test_step_callbacks_and_shared_test_net(solver):
     # the test net shares the train net's weights, as in Caffe
     np.testing.assert_array_equal(solver.test_nets[0].params["ip"][0].data,
                                   solver.net.params["ip"][0].data)
+
+
+def test_lr_is_the_rate_of_the_next_update(solver):
+    p = solver.param  # inv: base_lr * (1 + gamma * iter) ^ -power
+    assert solver.lr == pytest.approx(0.01, rel=1e-6)
+    solver.step(5)
+    assert solver.lr == pytest.approx(0.01 * (1 + 0.0001 * 5) ** -0.75, rel=1e-6)
+    assert solver.lr == solver.lr and p.base_lr == pytest.approx(0.01)  # reading changes nothing
+
+
+def test_solver_errors_name_the_solver_file(tmp_path, monkeypatch):
+    from minicaffe.errors import PrototxtError, SolverError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "missing.prototxt").write_text(
+        "net: 'absent.prototxt' base_lr: 0.1 lr_policy: 'fixed'")
+    with pytest.raises(PrototxtError, match="absent.prototxt: no such net prototxt .the net "
+                                            "named by solver missing.prototxt"):
+        minicaffe.get_solver("missing.prototxt")
+    (tmp_path / "net.prototxt").write_text(NET)
+    (tmp_path / "typo.prototxt").write_text("net: 'net.prototxt' type: 'Foo'")
+    with pytest.raises(SolverError, match="^typo.prototxt: unknown solver type 'Foo'"):
+        minicaffe.get_solver("typo.prototxt")

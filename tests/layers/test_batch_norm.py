@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from minicaffe import TEST, TRAIN, Net
-from minicaffe.errors import MinicaffeError, ShapeError
+from minicaffe.errors import LayerError, MinicaffeError, ShapeError
 from tests.golden import replay
 from tests.helpers import check_gradient, make_layer, run_forward
 from tests.layers.test_neurons import check_in_place, make_in_place
@@ -182,11 +182,14 @@ def test_channel_change_after_setup_is_an_error():
 
 def test_given_blobs_must_match_the_channels():
     text = (
-        "type: 'BatchNorm' blobs { shape { dim: 4 } } blobs { shape { dim: 4 } } "
-        "blobs { shape { dim: 1 } }"
+        "type: 'BatchNorm' blobs { shape { dim: 4 } data: [0, 0, 0, 0] } "
+        "blobs { shape { dim: 4 } data: [1, 1, 1, 1] } blobs { shape { dim: 1 } data: 1 }"
     )
     with pytest.raises(ShapeError, match=r"shape \(3,\)"):
         make_layer(text, [_x()], phase=TEST)
+    # as Caffe's Blob::FromProto, a blob with a shape needs its values
+    with pytest.raises(LayerError, match=r"\(BatchNorm\).*needs 4 values but holds 0"):
+        make_layer("type: 'BatchNorm' blobs { shape { dim: 4 } }", [_x()], phase=TEST)
 
 
 def test_scalar_input_is_an_error():
