@@ -47,6 +47,10 @@ _HELP_FALLBACK = {
 }
 
 
+# flags of the tool itself, accepted after the command too (``minicaffe train x --debug``)
+_GLOBAL_FLAGS = ("--debug", "--verbose")
+
+
 def _load(name: str):
     return importlib.import_module(f"minicaffe.commands.{COMMANDS[name]}")
 
@@ -85,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     if command in ALIASES:
         argv[argv.index(command)] = command = ALIASES[command]
+    if command is not None:  # the global flags may also come after the command
+        at = argv.index(command)
+        moved = [a for a in argv[at + 1 :] if a in _GLOBAL_FLAGS]
+        if moved:
+            argv = moved + argv[: at + 1] + [
+                a for a in argv[at + 1 :] if a not in _GLOBAL_FLAGS]
     parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     if args.version:
@@ -99,8 +109,18 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    import numpy as np
+
     try:
-        return int(_load(args.command).run(args) or 0)
+        # floating-point warnings would only repeat what the NaN guard and the outputs say
+        with np.errstate(all="ignore"):
+            return int(_load(args.command).run(args) or 0)
+    except BrokenPipeError:  # the reader went away (``minicaffe summary net | head``)
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except MinicaffeError as exc:
         if args.debug:
             raise

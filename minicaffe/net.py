@@ -80,6 +80,18 @@ def _is_hdf5(path) -> bool:
         return path.endswith((".h5", ".hdf5"))
 
 
+def _naming_layer(exc: MinicaffeError, lp) -> MinicaffeError:
+    """``exc`` with the layer named in front when its message does not name it already (an
+    error raised by a blob or helper on the layer's behalf)."""
+    where = f"layer '{lp.name}' ({lp.type})"
+    if f"layer '{lp.name}'" in str(exc):
+        return exc
+    try:
+        return type(exc)(f"{where}: {exc}")
+    except TypeError:  # an error type with another signature: keep it as it is
+        return exc
+
+
 class _Transfer:
     """A bottom read by a layer on another device: a mirror blob on the layer's device."""
 
@@ -240,8 +252,8 @@ class Net:
             self.top_names[lp.name] = top_names
             try:
                 layer.set_up(bottoms, tops)
-            except MinicaffeError:
-                raise
+            except MinicaffeError as exc:
+                raise _naming_layer(exc, lp) from exc
             except Exception as exc:  # a layer bug or unexpected input: name the layer
                 raise NetBuildError(f"layer '{lp.name}' ({lp.type}) failed to set up: "
                                     f"{type(exc).__name__}: {exc}") from exc

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,6 +142,8 @@ def _decode_prototxt(raw: bytes, path: str) -> str:
     """The text of a prototxt file. UTF-8 as protobuf expects; a file in another encoding (a
     GBK or Latin-1 comment, common in published models) is read byte for byte as Latin-1, so
     its comments are skipped as Caffe skips them. A file with NUL bytes is binary."""
+    if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark (some Windows editors)
+        raw = raw[3:]
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -456,12 +459,56 @@ class CaffeModel:
         return net
 
 
+def binary_kind(raw: bytes) -> str | None:
+    """What a file meant to be binary protobuf looks like it is, for clearer errors: "empty",
+    "hdf5", "text", "caffemodel" (a NetParameter), "solverstate", or None (unknown)."""
+    if not raw:
+        return "empty"
+    if raw[:8] == HDF5_MAGIC:
+        return "hdf5"
+    head = raw[:4096]
+    if b"\x00" not in head:
+        try:
+            text = head.decode("utf-8")
+        except UnicodeDecodeError as exc:  # a multi-byte character cut at 4096 bytes is text
+            text = head[: exc.start].decode("utf-8") if exc.start > len(head) - 4 else ""
+        printable = all(c.isprintable() or c in "\t\r\n" for c in text)
+        if printable and re.search(r"[A-Za-z_]\w*\s*[:{]", text):  # a "field:" or "message {"
+            return "text"
+    try:
+        fields = []
+        for num, wt, *_ in _fields(memoryview(raw), 0, len(raw)):
+            fields.append((num, wt))
+            if len(fields) == 2:
+                break
+    except _Truncated:
+        return None
+    if fields and fields[0] == (1, 0) and (len(fields) < 2 or fields[1] == (2, 2)):
+        return "solverstate"  # iter (varint), then learned_net (string)
+    if fields and fields[0][0] in (1, 2, 3, 100) and fields[0][1] == 2:
+        return "caffemodel"  # name, layers, input or layer: length-delimited
+    return None
+
+
+_KIND_HINTS = {
+    "empty": "the file is empty",
+    "text": "it is a text prototxt; this takes the binary file Caffe wrote",
+    "solverstate": "it is a .solverstate (solver history); resume from it with --snapshot, and "
+    "give its .caffemodel as weights",
+    "caffemodel": "it is a .caffemodel (weights); give it as weights (--weights), and resume "
+    "from its .solverstate",
+}
+
+
 def read_caffemodel(path) -> CaffeModel:
     """Read a binary NetParameter (.caffemodel); WeightsError names the file on damage."""
     raw = _read_binary(path)
     path = os.fspath(path)
-    if raw[:8] == HDF5_MAGIC:  # by content, as Caffe (H5Fis_hdf5), whatever the name
+    kind = binary_kind(raw)
+    if kind == "hdf5":  # by content, as Caffe (H5Fis_hdf5), whatever the name
         return _read_caffemodel_h5(path)
+    if kind in ("empty", "text", "solverstate"):
+        raise WeightsError(f"{path}: not a .caffemodel: {_KIND_HINTS[kind]}")
     try:
         return _parse_caffemodel(raw, path)
     except (_Truncated, pb_message.DecodeError) as exc:
@@ -604,6 +651,10 @@ _STATE_HISTORY = 3
 def read_solverstate(path):
     """(SolverState without history, list of history arrays)."""
     raw = _read_binary(path)
+    kind = binary_kind(raw)
+    if kind in ("empty", "text", "caffemodel", "hdf5"):
+        hint = _KIND_HINTS.get(kind, "it is HDF5: name it .solverstate.h5")
+        raise WeightsError(f"{os.fspath(path)}: not a .solverstate: {hint}")
     try:
         kept, blobs = _strip_blobs(memoryview(raw), 0, len(raw), _STATE_HISTORY)
         state = caffe_pb2.SolverState()
@@ -613,6 +664,8 @@ def read_solverstate(path):
             f"{os.fspath(path)}: truncated or corrupt .solverstate ({exc}); "
             "expected a serialized SolverState"
         ) from None
+    if state.iter < 0:
+        raise WeightsError(f"{os.fspath(path)}: corrupt .solverstate: iteration {state.iter}")
     return state, [b.data for b in blobs]
 
 

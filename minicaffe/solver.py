@@ -37,6 +37,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -90,7 +91,10 @@ def solver_class(type_name: str) -> type:
 
     cls = _SOLVERS.get(type_name)
     if cls is None:
-        raise SolverError(f"unknown solver type {type_name!r}; known types: {', '.join(_SOLVERS)}")
+        close = [name for name in _SOLVERS if name.lower() == type_name.lower()]
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise SolverError(f"unknown solver type {type_name!r}; {hint}known types: "
+                          f"{', '.join(_SOLVERS)} (the names are case-sensitive)")
     return cls
 
 
@@ -172,9 +176,13 @@ class SignalHandler:
     """SIGINT/SIGHUP turned into solver actions (Caffe's -sigint_effect / -sighup_effect).
 
     Use as a context manager around training and pass :meth:`action` to
-    ``solver.set_action_function``. A second SIGINT while a stop is pending raises
-    KeyboardInterrupt, so a stuck run can still be interrupted.
+    ``solver.set_action_function``. As in Caffe, a SIGINT with the stop effect asks for a
+    snapshot and a stop at the end of the iteration (and says so on stderr); pressing it twice
+    more before then raises KeyboardInterrupt, so a stuck run can still be interrupted, while
+    an impatient double press does not lose the snapshot.
     """
+
+    ABORT_AFTER = 3  # SIGINTs while a stop is pending
 
     def __init__(
         self, sigint_effect: str = SolverAction.STOP, sighup_effect: str = SolverAction.SNAPSHOT
@@ -186,20 +194,30 @@ class SignalHandler:
                 )
         self.effects = {"SIGINT": sigint_effect, "SIGHUP": sighup_effect}
         self._pending: list[str] = []
+        self._sigints = 0
         self._old: dict[int, object] = {}
 
     def _handle(self, signum, frame) -> None:
         name = "SIGINT" if signum == signal.SIGINT else "SIGHUP"
-        if (
-            name == "SIGINT"
-            and "SIGINT" in self._pending
-            and self.effects["SIGINT"] == SolverAction.STOP
-        ):
-            raise KeyboardInterrupt
+        if name == "SIGINT" and self.effects["SIGINT"] == SolverAction.STOP:
+            self._sigints += 1
+            if self._sigints >= self.ABORT_AFTER:
+                raise KeyboardInterrupt
+            left = self.ABORT_AFTER - self._sigints
+            print(
+                "minicaffe: stopping after this iteration, with a snapshot (Ctrl-C "
+                f"{left} more time{'s' if left > 1 else ''} to abort without one)",
+                file=sys.stderr,
+                flush=True,
+            )
+            if "SIGINT" in self._pending:
+                return
         self._pending.append(name)
 
     def action(self) -> str:
         """The action requested since the last call (``none`` when no signal came)."""
+        if not self._pending:
+            self._sigints = 0  # the stop was taken: a later Ctrl-C starts counting afresh
         while self._pending:
             effect = self.effects[self._pending.pop(0)]
             if effect != SolverAction.NONE:
@@ -495,6 +513,9 @@ class Solver:
         self.requested_early_exit = False
         log.info("Solving %s", self.net.name)
         log.info("Learning Rate Policy: %s", p.lr_policy)
+        if p.snapshot_after_train and not p.snapshot:
+            # the final snapshot may be the run's only output: find out now, not at the end
+            self._check_snapshot_write_permissions()
         if resume_file:
             log.info("Restoring previous solver status from %s", resume_file)
             self.restore(resume_file)
@@ -882,8 +903,15 @@ class Solver:
 
     def restore(self, path: str) -> None:
         """Continue from a .solverstate (or .solverstate.h5) written by minicaffe or Caffe."""
+        from minicaffe.prototxt import HDF5_MAGIC
+
         path = os.fspath(path)
-        if path.endswith(".h5"):
+        try:
+            with open(path, "rb") as fh:
+                hdf5 = fh.read(8) == HDF5_MAGIC
+        except OSError:
+            hdf5 = path.endswith(".h5")
+        if hdf5:
             state, history = _read_solverstate_h5(path)
         else:
             from minicaffe.prototxt import read_solverstate
@@ -907,8 +935,11 @@ class Solver:
             model = state.learned_net
             if not os.path.exists(model):
                 alt = os.path.join(os.path.dirname(path), os.path.basename(model))
-                if os.path.exists(alt):
-                    model = alt
+                if not os.path.exists(alt):
+                    raise WeightsError(
+                        f"{path}: its weights file (learned_net) {model} is missing, also "
+                        f"beside the state as {alt}")
+                model = alt
             self.net.copy_from(model)
         for src, dst in zip(history, self.history):
             dst[...] = backend.to_xp(np.asarray(src).reshape(dst.shape), _xp_of(dst), dst.dtype)

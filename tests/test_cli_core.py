@@ -62,3 +62,48 @@ def test_usage_errors_exit_2():
 def test_version(capsys):
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.startswith("minicaffe ")
+
+
+def test_upgrade_of_a_binary_v1_caffemodel_is_binary(tmp_path, capsys):
+    import numpy as np
+
+    from minicaffe.prototxt import read_caffemodel
+
+    old = caffe_pb2.NetParameter(name="v1")
+    layer = old.layers.add(name="ip", type=caffe_pb2.V1LayerParameter.INNER_PRODUCT)
+    blob = layer.blobs.add(num=1, channels=1, height=2, width=3)
+    blob.data.extend([1, 2, 3, 4, 5, 6])
+    src = tmp_path / "v1.caffemodel"
+    src.write_bytes(old.SerializeToString())
+    assert main(["upgrade", str(src)]) == 2  # binary to a terminal: no
+    assert "give -o NEW.caffemodel" in capsys.readouterr().err
+    out = tmp_path / "new.caffemodel"
+    assert main(["upgrade", str(src), "-o", str(out)]) == 0
+    model = read_caffemodel(out)
+    assert [l.name for l in model.net.layer] == ["ip"] and not len(model.net.layers)
+    np.testing.assert_array_equal(model.arrays_by_layer()["ip"][0].ravel(), np.arange(1, 7))
+    text = tmp_path / "new.prototxt"
+    assert main(["upgrade", str(src), "--text", "-o", str(text)]) == 0
+    assert 'name: "ip"' in text.read_text()
+
+
+def test_layer_errors_from_blobs_name_the_layer(tmp_path, capsys):
+    bad = tmp_path / "axis.prototxt"
+    bad.write_text("layer { name: 'in' type: 'Input' top: 'x' input_param { shape { dim: 2 "
+                   "dim: 3 } } }\nlayer { name: 'sm' type: 'Softmax' bottom: 'x' top: 'y' "
+                   "softmax_param { axis: 4 } }\n")
+    assert main(["summary", str(bad)]) == 1
+    assert "layer 'sm' (Softmax): axis 4 is out of range" in capsys.readouterr().err
+
+
+def test_solver_type_case_hint(tmp_path, capsys):
+    (tmp_path / "s.prototxt").write_text("net: 'n.prototxt' type: 'adam' base_lr: 0.1")
+    from minicaffe.errors import SolverError
+    from minicaffe.solver import get_solver
+
+    try:
+        get_solver(str(tmp_path / "s.prototxt"))
+    except SolverError as exc:
+        assert "did you mean 'Adam'?" in str(exc) and "s.prototxt" in str(exc)
+    else:
+        raise AssertionError("no error")

@@ -295,3 +295,68 @@ def test_caffe_state_without_data_records_restarts_data(tmp_path, monkeypatch):
     fresh.restore("caffe.solverstate")
     st = fresh.net.layer_dict["data"].data_state()
     assert fresh.iter == 3 and st.cursor == 0 and st.epoch == 0
+
+
+def test_a_double_ctrl_c_still_snapshots_and_a_third_aborts(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write_regression(tmp_path)
+    s = get_solver("solver.prototxt")
+
+    def twice():
+        if s.iter == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    s.add_callback(on_start=twice)
+    with SignalHandler("stop", "snapshot") as h:
+        s.set_action_function(h.action)
+        s.solve()
+    assert s.iter == 5 and os.path.exists("solver_iter_5.solverstate")
+    err = capsys.readouterr().err
+    assert "stopping after this iteration, with a snapshot (Ctrl-C 2 more times" in err
+    assert "(Ctrl-C 1 more time to abort" in err
+    with SignalHandler("stop", "snapshot"), pytest.raises(KeyboardInterrupt):
+        for _ in range(3):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_state_files_of_the_wrong_kind_say_what_they_are(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_regression(tmp_path)
+    s = get_solver("solver.prototxt")
+    s.step(2)
+    state = s.snapshot()
+    model = state.replace(".solverstate", ".caffemodel")
+    with pytest.raises(WeightsError, match="it is a .caffemodel .weights.; give it as weights"):
+        get_solver("solver.prototxt").restore(model)
+    from minicaffe.prototxt import read_caffemodel
+
+    with pytest.raises(WeightsError, match="it is a .solverstate"):
+        read_caffemodel(state)
+    with pytest.raises(WeightsError, match="it is a text prototxt"):
+        read_caffemodel("solver.prototxt")
+    open("empty.caffemodel", "wb").close()
+    with pytest.raises(WeightsError, match="empty"):
+        read_caffemodel("empty.caffemodel")
+    os.remove(model)  # the state's learned_net is gone
+    with pytest.raises(WeightsError, match="learned_net.*is missing"):
+        get_solver("solver.prototxt").restore(state)
+    st, history = read_solverstate(state)
+    st.iter = -3
+    from minicaffe.prototxt import write_solverstate
+
+    write_solverstate("neg.solverstate", st, history)
+    with pytest.raises(WeightsError, match="iteration -3"):
+        read_solverstate("neg.solverstate")
+
+
+def test_an_unwritable_final_snapshot_is_found_before_training(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_regression(tmp_path)
+    (tmp_path / "afile").write_text("")
+    s = get_solver("solver.prototxt")
+    s.param.snapshot = 0
+    s.param.snapshot_prefix = "afile/sub/x"
+    with pytest.raises(SolverError, match="cannot write snapshots"):
+        s.solve()
+    assert s.iter == 0

@@ -350,3 +350,99 @@ def test_signals_to_a_training_process(tmp_path):
     )
     assert len(snaps) == 2 and 100 <= snaps[0] < snaps[1] < 10000000
     assert f"solver_iter_{snaps[1]}.solverstate" in text.splitlines()[-2]
+
+
+# ---------------------------------------------------------------- flags and messages (review)
+
+def test_lr_policy_flags_for_a_net_prototxt(job, capsys):
+    assert main(["train", "net.prototxt", "--iters", "2", "--lr-policy", "exp", "-q"]) == 2
+    assert "--lr-policy exp needs --gamma" in capsys.readouterr().err
+    assert main(["train", "net.prototxt", "--iters", "2", "--lr-policy", "multistep",
+                 "--gamma", "0.5", "-q"]) == 2
+    assert "needs --stepvalue" in capsys.readouterr().err
+    assert main(["train", "net.prototxt", "--iters", "-5", "-q"]) == 2
+    assert "--iters must be >= 0; received -5" in capsys.readouterr().err
+    assert main(["train", "net.prototxt", "--iters", "4", "--lr-policy", "multistep",
+                 "--gamma", "0.5", "--stepvalue", "1,3", "--display", "1", "--no-log"]) == 0
+    err = capsys.readouterr().err
+    for i, lr in ((0, "0.01"), (1, "0.005"), (3, "0.0025")):
+        assert f"Iteration {i}, lr = {lr}" in err
+    assert main(["train", "solver.prototxt", "--iters", "2", "--lr-policy", "inv", "--gamma",
+                 "0.1", "--power", "1", "--display", "1", "--no-log"]) == 0
+    assert "Iteration 1, lr = 0.0454545" in capsys.readouterr().err  # 0.05 * (1 + 0.1) ** -1
+
+
+def test_a_typo_inside_a_solvers_inline_net_is_reported_where_it_is(job, capsys):
+    net = (job / "net.prototxt").read_text().replace("num_output", "num_outputs", 1)
+    lines = ["base_lr: 0.01", "lr_policy: 'fixed'", "max_iter: 2", "net_param {"]
+    lines += ["  " + line for line in net.splitlines()] + ["}"]
+    (job / "inline.prototxt").write_text("\n".join(lines) + "\n")
+    assert main(["train", "inline.prototxt", "-q", "--no-log"]) == 1
+    err = capsys.readouterr().err
+    assert "num_outputs" in err and "base_lr" not in err
+    line = next(i for i, text in enumerate(lines, 1) if "num_outputs" in text)
+    assert f"inline.prototxt:{line}:" in err
+
+
+def test_prototxt_arguments_are_files_and_an_empty_gpu_is_the_cpu(job, capsys):
+    assert main(["train", "max_iter: 5", "-q"]) == 1
+    assert "max_iter: 5: no such solver prototxt" in capsys.readouterr().err
+    assert not os.path.exists(job / "max_iter: 5.log")
+    assert main(["train", "solver.prototxt", "--iters", "2", "--gpu", "", "-q",
+                 "--no-log"]) == 0
+    os.mkdir(job / "logs")
+    assert main(["train", "solver.prototxt", "--iters", "2", "--log", "logs", "-q"]) == 2
+    assert "--log logs is a folder" in capsys.readouterr().err
+
+
+def test_errors_print_once_with_no_log_file(job, capsys):
+    (job / "bad.prototxt").write_text(
+        "layer { name: 'ip' type: 'InnerProduct' bottom: 'nowhere' top: 'y' "
+        "inner_product_param { num_output: 1 } }\n")
+    assert main(["train", "bad.prototxt", "--iters", "1", "--no-log", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("nowhere") == 1 and err.startswith("minicaffe train: error:")
+
+
+def test_default_stage_is_one_empty_stage_as_caffes_flag(job, capsys):
+    """Caffe's -stage defaults to "", split into one empty stage: include { stage: "" } layers
+    are in unless other stages are given."""
+    net = (job / "net.prototxt").read_text()
+    extra = ("layer { name: 'extra' type: 'Power' bottom: 'data' top: 'extra' "
+             "include { stage: '' } }\n")
+    (job / "staged.prototxt").write_text(net + extra)
+    assert main(["summary", "staged.prototxt"]) == 0
+    assert "extra" in capsys.readouterr().out
+    assert main(["summary", "staged.prototxt", "--stage", "a,b"]) == 0
+    assert "extra" not in capsys.readouterr().out
+    assert main(["summary", "staged.prototxt", "-stage", "a", "--stage", ","]) == 0
+    assert "extra" in capsys.readouterr().out  # "," holds the empty stage
+    assert main(["time", "staged.prototxt", "--iterations", "1", "--phase", "TEST"]) == 0
+    assert "extra" in capsys.readouterr().out
+
+
+def test_test_warns_when_the_weights_leave_layers_unfilled(job, capsys):
+    assert main(["train", "solver.prototxt", "--iters", "2", "-q", "--no-log"]) == 0
+    from minicaffe.proto import caffe_pb2
+    from minicaffe.prototxt import write_caffemodel
+
+    other = caffe_pb2.NetParameter(name="other")
+    other.layer.add(name="elsewhere", type="InnerProduct")
+    write_caffemodel("other.caffemodel", other, [[np.ones((1, 1), np.float32)]])
+    assert main(["test", "net.prototxt", "--weights", "other.caffemodel", "--iterations", "1",
+                 "-q"]) == 0
+    assert "warning: other.caffemodel holds no weights for 1 layers with parameters (ip)" in (
+        capsys.readouterr().err)
+    open("empty.caffemodel", "wb").close()
+    assert main(["test", "net.prototxt", "--weights", "empty.caffemodel", "-q"]) == 1
+    assert "empty.caffemodel: not a .caffemodel: the file is empty" in capsys.readouterr().err
+
+
+def test_global_flags_after_the_command(job, capsys):
+    with pytest.raises(FileNotFoundError):  # --debug after the command: the traceback shows
+        from minicaffe.errors import MinicaffeError
+
+        try:
+            main(["train", "nothere.prototxt", "--debug"])
+        except MinicaffeError as exc:
+            raise FileNotFoundError(str(exc)) from None

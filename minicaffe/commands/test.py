@@ -8,6 +8,7 @@ loss), with per-batch lines in Caffe's log format on stderr or in ``--log``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -48,7 +49,7 @@ def _usage(message: str) -> int:
 
 def run(args) -> int:
     from minicaffe.backend import to_numpy
-    from minicaffe.commands.train import choose_device, parse_gpu_ids
+    from minicaffe.commands.train import choose_device, flag_stages, parse_gpu_ids
     from minicaffe.logs import training_log
     from minicaffe.net import Net
     from minicaffe.proto import caffe_pb2
@@ -68,14 +69,22 @@ def run(args) -> int:
             parse_gpu_ids(args.gpu)
         except ValueError as exc:
             return _usage(str(exc))
+    if args.log and os.path.isdir(args.log):
+        return _usage(f"--log {args.log} is a folder; give a file name")
     tty = sys.stderr.isatty()
     console = "none" if args.quiet or tty else "glog"
-    stages = args.stage.split(",") if args.stage is not None else ()
+    stages = flag_stages(args.stage)
     with training_log(args.log, console=console) as log:
-        device = choose_device(args.gpu, caffe_pb2.SolverParameter(), log)
+        device = choose_device(args.gpu, caffe_pb2.SolverParameter(), log, "test")
         net = Net(model, phase=args.phase.upper(), level=args.level, stages=stages, device=device)
         for path in args.weights.split(","):
-            net.copy_from(path)
+            report = net.copy_from(path)
+            if report.not_in_file:  # scores from filler values: say so whatever the console
+                print(f"minicaffe test: warning: {path} holds no weights for "
+                      f"{len(report.not_in_file)} layers with parameters "
+                      f"({', '.join(report.not_in_file[:8])}"
+                      f"{', ...' if len(report.not_in_file) > 8 else ''}); they keep their "
+                      "initial values", file=sys.stderr)
         log.info("Running for %d iterations.", args.iterations)
         bar = None
         if tty and not args.quiet:

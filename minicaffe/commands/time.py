@@ -107,6 +107,7 @@ def format_table(net, fwd, bwd, total_f, total_b, wall, iterations: int) -> str:
 
 def run(args) -> int:
     from minicaffe import backend
+    from minicaffe.commands.train import flag_stages
     from minicaffe.net import Net
 
     model = args.model or args.prototxt
@@ -125,13 +126,16 @@ def run(args) -> int:
             ids = parse_gpu_ids(args.gpu)
         except ValueError as exc:
             return _usage(str(exc))
-        if not backend.gpu_available():
+        if ids == []:
+            pass  # an empty --gpu: the CPU
+        elif not backend.gpu_available():
             raise DeviceError(
                 f"--gpu {args.gpu}: no usable GPU (CuPy is not installed or no CUDA device "
                 "answers); leave out --gpu to time on the CPU"
             )
-        device = backend.gpu_device(0 if ids == "all" else ids[0])
-    stages = args.stage.split(",") if args.stage else ()
+        else:
+            device = backend.gpu_device(0 if ids == "all" else ids[0])
+    stages = flag_stages(args.stage)
     net = Net(model, phase=args.phase, level=args.level, stages=stages, device=device)
     if args.weights:
         for path in args.weights.split(","):

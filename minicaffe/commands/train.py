@@ -94,6 +94,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--iters", type=int, help="max_iter (net prototxt default 1000)")
     s.add_argument("--lr", type=float, help="base_lr (default 0.01)")
     s.add_argument("--lr-policy", choices=LR_POLICIES, help="lr_policy (default fixed)")
+    s.add_argument("--gamma", type=float, help="gamma of the step, exp, inv, multistep and "
+                   "sigmoid policies")
+    s.add_argument("--power", type=float, help="power of the inv and poly policies")
+    s.add_argument("--stepsize", type=int, metavar="N", help="stepsize of the step and sigmoid "
+                   "policies")
+    s.add_argument("--stepvalue", metavar="N[,M...]", help="the iterations at which multistep "
+                   "lowers the rate (comma-separated)")
     s.add_argument("--momentum", type=float, help="momentum (default 0.9; 0 for AdaGrad/RMSProp)")
     s.add_argument("--weight-decay", type=float, help="weight_decay (default 5e-4)")
     s.add_argument("--solver-type", choices=SOLVER_TYPES, help="update rule (default SGD)")
@@ -144,6 +151,9 @@ def load_prototxt(path: str):
     from minicaffe.errors import PrototxtError
     from minicaffe.prototxt import read_net_param, read_solver_param
 
+    if not os.path.isfile(path):  # a command-line argument is a file, never inline text
+        what = "is a folder, not a prototxt" if os.path.isdir(path) else "no such solver prototxt"
+        raise PrototxtError(what, filename=path)
     try:
         return "solver", read_solver_param(path)
     except PrototxtError as solver_error:
@@ -155,8 +165,30 @@ def load_prototxt(path: str):
                     text = fh.read()
             except OSError:
                 raise solver_error from None
-            looks_net = re.search(r"^\s*(layers?|input|input_shape)\s*[{:]", text, re.M)
-            raise (net_error if looks_net else solver_error) from None
+            raise (net_error if _looks_like_net(text) else solver_error) from None
+
+
+def _looks_like_net(text: str) -> bool:
+    """Whether prototxt text that failed to parse both ways was meant as a net: by its
+    top-level field names (a solver's inline ``net_param { layer { ... } }`` stays a solver)."""
+    from minicaffe.proto import caffe_pb2
+
+    net_fields = set(caffe_pb2.NetParameter.DESCRIPTOR.fields_by_name)
+    solver_fields = set(caffe_pb2.SolverParameter.DESCRIPTOR.fields_by_name)
+    votes = 0
+    depth = 0
+    for line in text.splitlines():
+        line = re.sub(r"#.*", "", re.sub(r"\"[^\"]*\"|'[^']*'", '""', line))
+        if depth == 0:
+            m = re.match(r"\s*([A-Za-z_]\w*)\s*[{:]", line)
+            if m:
+                name = m.group(1)
+                votes += (name in net_fields and name not in solver_fields) - (
+                    name in solver_fields and name not in net_fields)
+        depth = max(0, depth + line.count("{") - line.count("}"))
+    if votes:
+        return votes > 0
+    return bool(re.search(r"^\s*(layers?|input|input_shape)\s*[{:]", text, re.M))
 
 
 def solver_from_net(path: str, net_param, args):
@@ -199,7 +231,40 @@ _OVERRIDES = {
     "display": "display",
     "test_interval": "test_interval",
     "seed": "random_seed",
+    "gamma": "gamma",
+    "power": "power",
+    "stepsize": "stepsize",
 }
+
+# what each lr_policy reads besides base_lr (Caffe's formulas): for a net prototxt, where no
+# solver file can give them, the flags must
+_POLICY_NEEDS = {
+    "step": ("gamma", "stepsize"),
+    "exp": ("gamma",),
+    "inv": ("gamma", "power"),
+    "multistep": ("gamma", "stepvalue"),
+    "poly": ("power",),
+    "sigmoid": ("gamma", "stepsize"),
+}
+
+
+def check_flags(args, kind: str) -> str | None:
+    """A usage problem of the solver flags, or None."""
+    for flag in ("iters", "display", "test_iter", "test_interval", "snapshot_every", "stepsize"):
+        value = getattr(args, flag)
+        if value is not None and value < 0:
+            return f"--{flag.replace('_', '-')} must be >= 0; received {value}"
+    if args.stepvalue is not None:
+        try:
+            [int(v) for v in args.stepvalue.split(",")]
+        except ValueError:
+            return f"--stepvalue takes iterations separated by commas; received {args.stepvalue!r}"
+    if kind == "net" and args.lr_policy:
+        missing = [f"--{name}" for name in _POLICY_NEEDS.get(args.lr_policy, ())
+                   if getattr(args, name) is None]
+        if missing:
+            return f"--lr-policy {args.lr_policy} needs {' and '.join(missing)}"
+    return None
 
 
 def apply_overrides(sp, args) -> None:
@@ -213,13 +278,25 @@ def apply_overrides(sp, args) -> None:
                 sp.test_iter[i] = args.test_iter
         else:
             sp.test_iter.append(args.test_iter)
+    if args.stepvalue is not None:
+        sp.ClearField("stepvalue")
+        sp.stepvalue.extend(int(v) for v in args.stepvalue.split(","))
     if args.level is not None:
         sp.train_state.level = args.level
-    if args.stage is not None:
-        sp.train_state.stage.extend(args.stage.split(","))
+    sp.train_state.stage.extend(flag_stages(args.stage))
+
+
+def flag_stages(value: str | None) -> list[str]:
+    """Caffe's -stage: split on commas; not given, it is one empty stage (as Caffe's flag
+    default "" splits), so ``include { stage: "" }`` layers are in by default."""
+    return (value or "").split(",")
 
 
 def parse_gpu_ids(value: str) -> list[int] | str:
+    """Device ids of --gpu: a list, "all", or [] for an empty value (the CPU, as in Caffe,
+    where scripts pass ``-gpu "$GPU"``)."""
+    if value.strip() == "":
+        return []
     if value.strip().lower() == "all":
         return "all"
     try:
@@ -233,20 +310,23 @@ def parse_gpu_ids(value: str) -> list[int] | str:
     return ids
 
 
-def choose_device(gpu_flag: str | None, sp, log: logging.Logger):
-    """Caffe's rule: --gpu wins; else solver_mode GPU (+device_id) when set; else the CPU."""
+def choose_device(gpu_flag: str | None, sp, log: logging.Logger, what: str = "train"):
+    """Caffe's rule: --gpu wins (an empty one is the CPU); else solver_mode GPU (+device_id)
+    when set; else the CPU."""
     from minicaffe import backend
     from minicaffe.errors import DeviceError
     from minicaffe.proto import caffe_pb2
 
+    if gpu_flag is not None and gpu_flag.strip() == "":
+        return backend.CPU_DEVICE
     if gpu_flag is not None:
         ids = parse_gpu_ids(gpu_flag)
         cp = backend.get_cupy()
         if cp is None:
             raise DeviceError(
                 f"--gpu {gpu_flag}: no usable GPU (CuPy is not installed or no "
-                "CUDA device answers); install minicaffe[gpu] or leave out --gpu "
-                "to train on the CPU"
+                f"CUDA device answers); install minicaffe[gpu] or leave out --gpu "
+                f"to {what} on the CPU"
             )
         count = cp.cuda.runtime.getDeviceCount()
         ids = list(range(count)) if ids == "all" else ids
@@ -344,6 +424,9 @@ def run(args) -> int:
             return _usage(str(exc))
 
     kind, message = load_prototxt(path)
+    problem = check_flags(args, kind)
+    if problem:
+        return _usage(problem)
     if kind == "net":
         sp = solver_from_net(path, message, args)
     else:
@@ -361,7 +444,11 @@ def run(args) -> int:
         sp.ClearField("weights")
         sp.weights.append(args.weights)
 
-    log_path = None if args.no_log else (args.log or f"{sp.snapshot_prefix}.log")
+    default_log = (sp.snapshot_prefix if os.path.basename(sp.snapshot_prefix)
+                   else os.path.join(sp.snapshot_prefix, "train")) + ".log"
+    log_path = None if args.no_log else (args.log or default_log)
+    if log_path and os.path.isdir(log_path):
+        return _usage(f"--log {log_path} is a folder; give a file name")
     tty = sys.stderr.isatty()
     console = "none" if args.quiet else ("bar" if tty and not args.no_progress else "glog")
     progress = None
@@ -381,7 +468,8 @@ def run(args) -> int:
                 solver.add_progress_callback(progress)
             solver.solve(args.snapshot or None)
         except MinicaffeError as exc:
-            log.error("%s", exc, extra={"mc_kind": "file_only"})
+            if log_path:  # (the CLI prints it; with no log file nothing else may)
+                log.error("%s", exc, extra={"mc_kind": "file_only"})
             raise
         finally:
             if progress is not None:

@@ -1,5 +1,7 @@
 """``minicaffe upgrade OLD.prototxt [-o NEW.prototxt]``: V0/V1 nets and old solvers to the
-current format (written atomically; to stdout without -o)."""
+current format (written atomically; to stdout without -o). A binary .caffemodel is upgraded to
+a binary .caffemodel (as Caffe's upgrade_net_proto_binary), weights included; ``--text`` writes
+it as text instead."""
 
 from __future__ import annotations
 
@@ -11,6 +13,11 @@ HELP = "upgrade a V0/V1 net (or an old solver) prototxt to the current format"
 def add_arguments(parser) -> None:
     parser.add_argument("input", help="net or solver prototxt, or a binary .caffemodel")
     parser.add_argument("-o", "--output", help="where to write (default: stdout)")
+    parser.add_argument(
+        "--text",
+        action="store_true",
+        help="write a binary .caffemodel's upgrade as text (default: binary, with -o)",
+    )
     parser.add_argument(
         "--solver",
         action="store_true",
@@ -31,10 +38,27 @@ def _is_solver(path: str) -> bool:
 
 
 def run(args) -> int:
-    from minicaffe.prototxt import atomic_write_text, read_net_param, read_solver_param, to_text
+    from minicaffe.prototxt import (
+        atomic_write_bytes,
+        atomic_write_text,
+        binary_kind,
+        read_net_param,
+        read_solver_param,
+        to_text,
+    )
     from minicaffe.upgrade import upgrade_net, upgrade_solver
 
-    is_solver = args.solver or (not args.input.endswith(".caffemodel") and _is_solver(args.input))
+    try:
+        with open(args.input, "rb") as fh:
+            kind = binary_kind(fh.read(4096))
+    except OSError:
+        kind = None
+    binary = kind in ("caffemodel", "hdf5") or args.input.endswith(".caffemodel")
+    if binary and not args.text and not args.output:
+        print("minicaffe upgrade: error: a binary .caffemodel upgrades to a binary file: give "
+              "-o NEW.caffemodel (or --text to print it as text)", file=sys.stderr)
+        return 2
+    is_solver = args.solver or (not binary and _is_solver(args.input))
     if is_solver:
         old = read_solver_param(args.input, upgrade=False)
         new, notes = upgrade_solver(old, args.input)
@@ -45,6 +69,9 @@ def run(args) -> int:
         print(f"upgrade: {note}", file=sys.stderr)
     if not notes:
         print("upgrade: already in the current format", file=sys.stderr)
+    if binary and not args.text:
+        atomic_write_bytes(args.output, new.SerializeToString())
+        return 0
     text = to_text(new)
     if args.output:
         atomic_write_text(args.output, text)

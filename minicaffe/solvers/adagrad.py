@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from minicaffe.solver import Solver, register_solver
 
 
@@ -17,7 +19,8 @@ class AdaGradSolver(Solver):
     def check_solver_params(self) -> None:
         if self.param.momentum != 0:
             raise self._error(
-                f"AdaGrad does not use momentum; set momentum to 0 (received {self.param.momentum})"
+                f"AdaGrad does not use momentum; set momentum to 0 (received "
+                f"{float(np.float32(self.param.momentum)):.7g})"
             )
 
     def compute_update_value(self, pid: int, rate: float) -> None:
