@@ -7,6 +7,7 @@ mean over every record; prints the per-channel means (usable as ``mean_value``).
 
 from __future__ import annotations
 
+import os
 import sys
 
 from minicaffe.commands import add_backend_argument, check_backend
@@ -32,34 +33,71 @@ def add_arguments(parser) -> None:
     add_backend_argument(parser)
 
 
-def compute_mean(db: str):
-    """(mean image C x H x W as float64, number of records) of the Datum LMDB ``db``."""
-    import numpy as np
+def open_datum_lmdb(db: str):
+    """A read-only LMDB environment for ``db`` (a folder holding data.mdb, or the data file
+    itself); DataError saying what ``db`` is when it is not an LMDB."""
+    import lmdb
 
-    from minicaffe.data.data import open_lmdb, parse_datum
-    from minicaffe.data.image_io import datum_to_array
+    from minicaffe.data.data import LEVELDB_HELP
     from minicaffe.errors import DataError
 
-    env = open_lmdb(db, "compute-image-mean")
+    if not os.path.exists(db):
+        raise DataError(
+            f"database '{db}' not found (relative paths are resolved against the current "
+            f"directory, {os.getcwd()})"
+        )
+    is_dir = os.path.isdir(db)
+    if is_dir and not os.path.isfile(os.path.join(db, "data.mdb")):
+        if os.path.isfile(os.path.join(db, "CURRENT")):
+            raise DataError(f"'{db}' is a LevelDB, not an LMDB (no data.mdb). {LEVELDB_HELP}")
+        try:
+            empty = not os.listdir(db)
+        except OSError:
+            empty = False
+        what = "an empty folder" if empty else "a folder without data.mdb"
+        raise DataError(
+            f"'{db}' is {what}, not an LMDB (an LMDB folder holds data.mdb and lock.mdb, "
+            "as convert-imageset writes them)"
+        )
+    try:
+        return lmdb.open(db, readonly=True, lock=False, readahead=False, subdir=is_dir)
+    except lmdb.Error as exc:
+        raise DataError(f"cannot open LMDB '{db}': {exc}") from None
+
+
+def compute_mean(db: str):
+    """(mean image C x H x W as float64, number of records) of the Datum LMDB ``db``."""
+    import lmdb
+    import numpy as np
+
+    from minicaffe.data.data import parse_datum
+    from minicaffe.data.image_io import datum_to_array, shown_path
+    from minicaffe.errors import DataError
+
+    env = open_datum_lmdb(db)
     total, count, shape, chunk = None, 0, None, []
-    with env.begin(buffers=False) as txn:
-        cursor = txn.cursor()
-        for index, (key, raw) in enumerate(cursor):
-            where = f"LMDB '{db}' record {index} (key '{key.decode('utf-8', 'replace')}')"
-            arr = datum_to_array(parse_datum(raw, where), where=where)
-            if shape is None:
-                shape = arr.shape
-                total = np.zeros(shape, dtype=np.float64)
-            elif arr.shape != shape:
-                raise DataError(
-                    f"{where}: Datum is {arr.shape} (C, H, W) but the first record "
-                    f"is {shape}; every record must have the same size"
-                )
-            chunk.append(arr)
-            if len(chunk) == _CHUNK:
-                total += np.sum(chunk, axis=0, dtype=np.float64)
-                chunk.clear()
-            count += 1
+    try:
+        with env.begin(buffers=False) as txn:
+            for index, (key, raw) in enumerate(txn.cursor()):
+                where = f"LMDB '{db}' record {index} (key '{shown_path(key)}')"
+                arr = datum_to_array(parse_datum(raw, where), where=where)
+                if shape is None:
+                    shape = arr.shape
+                    total = np.zeros(shape, dtype=np.float64)
+                elif arr.shape != shape:
+                    raise DataError(
+                        f"{where}: Datum is {arr.shape} (C, H, W) but the first record "
+                        f"is {shape}; every record must have the same size"
+                    )
+                chunk.append(arr)
+                if len(chunk) == _CHUNK:
+                    total += np.sum(chunk, axis=0, dtype=np.float64)
+                    chunk.clear()
+                count += 1
+    except lmdb.Error as exc:
+        raise DataError(f"cannot read LMDB '{db}' (after {count} records): {exc}") from None
+    finally:
+        env.close()
     if chunk:
         total += np.sum(chunk, axis=0, dtype=np.float64)
     if count == 0:
@@ -67,10 +105,26 @@ def compute_mean(db: str):
     return total / count, count
 
 
+def _check_output(path: str) -> None:
+    """FileWriteError now, rather than after reading the whole DB, when ``path`` cannot be
+    written: its folder is missing or not writable, or it is a folder."""
+    from minicaffe.errors import FileWriteError
+
+    folder = os.path.dirname(path) or "."
+    if os.path.isdir(path):
+        raise FileWriteError(path, "it is a folder")
+    if not os.path.isdir(folder):
+        raise FileWriteError(path, f"folder '{folder}' does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise FileWriteError(path, f"folder '{folder}' is not writable")
+
+
 def run(args) -> int:
     from minicaffe.prototxt import write_binaryproto
 
     check_backend(args)
+    if args.output:
+        _check_output(args.output)
     mean, count = compute_mean(args.db)
     print(f"Processed {count} files.", file=sys.stderr)
     if args.output:

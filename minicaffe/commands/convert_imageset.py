@@ -1,14 +1,22 @@
 """``minicaffe convert-imageset [flags] ROOT LIST DB``: images + labels -> an LMDB of Datum.
 
 The database is what Caffe's convert_imageset writes and Caffe's Data layer reads: one record
-per listed image, key ``%08d_<path as listed>`` (the index in the possibly shuffled list), value
-a serialized Datum holding uint8 C x H x W pixels in BGR order (or, with --encoded, the image
-file's bytes with ``encoded: true``) and the label.
+per listed image, key ``%08d_<path as listed>`` (the index in the possibly shuffled list; the
+path's bytes as they stand in the list file, which need not be UTF-8), value a serialized Datum
+holding uint8 C x H x W pixels in BGR order (or, with --encoded, the image file's bytes with
+``encoded: true``) and the label.
+
+The database is built in a temporary folder beside DB (``DB.tmp-XXXXXXXX``) that becomes DB only
+when every image is written; a failed or interrupted run removes it, so DB is never left half
+written.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import secrets
+import shutil
 import sys
 
 from minicaffe.commands import add_backend_argument, check_backend
@@ -82,7 +90,7 @@ def add_arguments(parser) -> None:
         "--encode-type",
         "-encode_type",
         default="",
-        help="re-encode as this format (png, jpg, ...); implies --encoded",
+        help="re-encode as this format (png, jpg, tif, bmp, ppm, ...); implies --encoded",
     )
 
 
@@ -90,10 +98,8 @@ def run(args) -> int:
     import lmdb
     import numpy as np
 
-    from minicaffe.data.image_data import parse_image_list
-    from minicaffe.data.image_io import array_to_datum, encode_image, image_format, read_image
-    from minicaffe.errors import DataError
-    from minicaffe.proto import caffe_pb2
+    from minicaffe.data.image_io import encode_formats, encoding_problem, normalize_format
+    from minicaffe.errors import DataError, FileWriteError
 
     check_backend(args)
     if (args.resize_height > 0) != (args.resize_width > 0):
@@ -101,26 +107,177 @@ def run(args) -> int:
             "--resize_height and --resize_width must be given together; received "
             f"{args.resize_height} and {args.resize_width}"
         )
-    if os.path.exists(args.db):
+    target = args.db.rstrip(os.sep) or args.db
+    if os.path.lexists(target):
         raise DataError(f"'{args.db}' already exists; remove it or choose another DB name")
-    entries = parse_image_list(args.list_file, "convert-imageset")
+    enc = normalize_format(args.encode_type)
+    if enc:
+        if enc not in encode_formats():
+            raise DataError(
+                f"--encode_type '{args.encode_type}' is not an encoding minicaffe can write; "
+                f"choices: {', '.join(encode_formats())}"
+            )
+        problem = encoding_problem(enc, 1 if args.gray else 3)
+        if problem:
+            fix = "leave out --gray" if args.gray else "add --gray"
+            raise DataError(f"--encode_type {enc}: {problem}; {fix} or choose another type")
+    entries = read_list_file(args.list_file)
+    if not entries:
+        raise DataError(f"list file '{args.list_file}' lists no images; no DB was written")
     if args.shuffle:
         order = np.random.default_rng(args.seed).permutation(len(entries))
         entries = [entries[i] for i in order]
     print(f"A total of {len(entries)} images.", file=sys.stderr)
+
+    tmp, made = _make_temp_dir(target)
+    env = None
+    try:
+        try:
+            env = lmdb.open(tmp, map_size=1 << 30, subdir=True)
+            written, skipped = _write_records(env, entries, args, enc)
+            env.close()
+            env = None
+        except lmdb.Error as exc:
+            raise FileWriteError(target, f"LMDB error: {exc}") from None
+        if written == 0:
+            hint = ""
+            if args.root and not args.root.endswith(os.sep) and os.path.isdir(args.root):
+                hint = f" (ROOT is prefixed as given: did you mean '{args.root}{os.sep}'?)"
+            raise DataError(
+                f"no image of '{args.list_file}' could be read{hint}; no DB was written"
+            )
+        if os.path.lexists(target):
+            raise DataError(
+                f"'{args.db}' was created by something else during the conversion; "
+                "the new DB is discarded"
+            )
+        try:
+            os.rename(tmp, target)
+        except OSError as exc:
+            raise FileWriteError(target, exc.strerror or str(exc), exc.errno) from None
+    except BaseException:  # any failure, Ctrl-C included: leave nothing behind
+        if env is not None:
+            env.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        for folder in made:  # parent folders this run created, deepest first
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+        raise
+    print(
+        f"Processed {written} files" + (f" ({skipped} skipped)." if skipped else "."),
+        file=sys.stderr,
+    )
+    return 0
+
+
+_LABEL = re.compile(rb"[+-]?[0-9]+")
+_INT32 = (-(2**31), 2**31 - 1)
+
+
+def read_list_file(path: str) -> list[tuple[str, int, int]]:
+    """(file name, label, line number) for each non-blank line ``<file name> <label>`` of the
+    list file ``path``, split at the line's LAST space (names may hold spaces), as Caffe's
+    convert_imageset reads it.
+
+    The file is read as bytes, as Caffe does: names need not be UTF-8. Each name is decoded as
+    the filesystem encoding does (``os.fsdecode``), so it opens the same file and
+    ``os.fsencode(name)`` gives back the bytes written in the list. Labels must be integers
+    that fit Datum.label (int32); anything else is a DataError naming the file and line.
+    """
+    from minicaffe.data.image_io import shown_path
+    from minicaffe.errors import DataError
+
+    shown = shown_path(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        raise DataError(
+            f"list file '{shown}' not found (relative paths are resolved against the current "
+            f"directory, {os.getcwd()})"
+        ) from None
+    except OSError as exc:
+        raise DataError(f"cannot read list file '{shown}': {exc.strerror or exc}") from None
+    if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark is no part of a name
+        raw = raw[3:]
+    entries = []
+    for no, line in enumerate(raw.splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        name, sep, label = line.rpartition(b" ")
+        name = name.strip()
+        if not sep or not name or not _LABEL.fullmatch(label):
+            raise DataError(
+                f"'{shown}' line {no}: expected '<image path> <integer label>'; received "
+                f"'{shown_path(line)}'"
+            )
+        value = int(label)
+        if not _INT32[0] <= value <= _INT32[1]:
+            raise DataError(
+                f"'{shown}' line {no}: label {value} does not fit Datum.label (a 32-bit signed "
+                f"integer, {_INT32[0]} to {_INT32[1]})"
+            )
+        entries.append((os.fsdecode(name), value, no))
+    return entries
+
+
+def _make_temp_dir(target: str) -> tuple[str, list[str]]:
+    """A new empty folder beside ``target`` to build the DB in, and the missing parent folders
+    of ``target`` created for it (deepest first, to remove on failure)."""
+    from minicaffe.errors import FileWriteError
+
+    parent = os.path.dirname(os.path.abspath(target))
+    made = []
+    folder = parent
+    while not os.path.lexists(folder):
+        made.append(folder)
+        folder = os.path.dirname(folder)
+    try:
+        for folder in reversed(made):
+            os.mkdir(folder)
+        while True:
+            tmp = f"{target}.tmp-{secrets.token_hex(4)}"
+            try:
+                os.mkdir(tmp)  # as os.makedirs would: mode 0o777 less the umask
+                return tmp, made
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        for folder in made:
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+        raise FileWriteError(target, exc.strerror or str(exc), exc.errno) from None
+
+
+def _write_records(env, entries, args, enc: str) -> tuple[int, int]:
+    """Read, check and store every listed image in the open LMDB ``env``; (written, skipped)."""
+    import lmdb
+
+    from minicaffe.data.image_io import (
+        array_to_datum,
+        encode_image,
+        encoding_problem,
+        image_format,
+        read_image,
+        same_encoding,
+        shown_path,
+    )
+    from minicaffe.errors import DataError
+    from minicaffe.proto import caffe_pb2
+
     color = not args.gray
     height, width = args.resize_height, args.resize_width
-    enc = args.encode_type.lower()
     encoded = args.encoded or bool(enc)
-
-    os.makedirs(args.db)
-    env = lmdb.open(args.db, map_size=1 << 30, subdir=True)
     written = skipped = 0
     first_size = None
     batch: list[tuple[bytes, bytes]] = []
 
     def commit() -> None:
-        nonlocal env
         while True:
             try:
                 with env.begin(write=True) as txn:
@@ -131,69 +288,74 @@ def run(args) -> int:
                 env.set_mapsize(env.info()["map_size"] * 2)
         batch.clear()
 
-    try:
-        for line_id, (name, label, line_no) in enumerate(entries):
-            path = args.root + name
-            try:
-                img = read_image(
-                    path,
-                    height=height,
-                    width=width,
-                    color=color,
-                    where=f"'{args.list_file}' line {line_no}",
+    for line_id, (name, label, line_no) in enumerate(entries):
+        path = args.root + name
+        shown = shown_path(path)
+        where = f"'{shown_path(args.list_file)}' line {line_no}"
+        try:
+            img = read_image(path, height=height, width=width, color=color, where=where)
+        except DataError as exc:
+            print(f"convert-imageset: skipping: {exc}", file=sys.stderr)
+            skipped += 1
+            continue
+        if args.check_size:
+            if first_size is None:
+                first_size = img.shape
+            elif img.shape != first_size:
+                raise DataError(
+                    f"{where}: '{shown}' is {img.shape} (C, H, W) but the first image is "
+                    f"{first_size} (--check_size); no DB was written"
                 )
-            except DataError as exc:
-                print(f"convert-imageset: skipping: {exc}", file=sys.stderr)
-                skipped += 1
-                continue
-            if args.check_size:
-                if first_size is None:
-                    first_size = img.shape
-                elif img.shape != first_size:
-                    raise DataError(
-                        f"'{path}' ('{args.list_file}' line {line_no}) is "
-                        f"{img.shape} (C, H, W) but the first image is {first_size} "
-                        "(--check_size)"
-                    )
-            if encoded:
-                fmt = enc or image_format(name)
-                if not enc and not fmt:
-                    raise DataError(
-                        f"cannot guess the encoding of '{path}' from its name; give --encode_type"
-                    )
-                if (
-                    not height
-                    and fmt == image_format(name)
-                    and _native_channels(path) == (3 if color else 1)
-                ):
-                    with open(path, "rb") as fh:
-                        payload = fh.read()
-                else:
-                    payload = encode_image(img, fmt)
-                datum = caffe_pb2.Datum(data=payload, label=label, encoded=True)
-            else:
-                datum = array_to_datum(img, label)
-            key = f"{line_id:08d}_{name}".encode()
-            batch.append((key, datum.SerializeToString()))
-            written += 1
-            if len(batch) >= _COMMIT_EVERY:
-                commit()
-                print(f"Processed {written} files.", file=sys.stderr)
-        if batch:
+        if encoded:
+            own = image_format(name)
+            fmt = enc or own
+            if not fmt:
+                raise DataError(
+                    f"{where}: cannot guess the encoding of '{shown}' from its name (no "
+                    "extension); give --encode_type"
+                )
+            payload = None
+            if not height and same_encoding(fmt, own) and _native_channels(path) == img.shape[0]:
+                payload = _file_bytes(path)  # the file as it is, as Caffe stores it
+            if payload is None:
+                if not enc:
+                    problem = encoding_problem(fmt, img.shape[0])
+                    if problem:
+                        raise DataError(
+                            f"{where}: '{shown}' must be re-encoded and its extension gives "
+                            f"the encoding: {problem}; give --encode_type (e.g. png)"
+                        )
+                payload = encode_image(img, fmt, where=f"{where}: '{shown}'")
+            datum = caffe_pb2.Datum(data=payload, label=label, encoded=True)
+        else:
+            datum = array_to_datum(img, label)
+        key = b"%08d_" % line_id + os.fsencode(name)
+        batch.append((key, datum.SerializeToString()))
+        written += 1
+        if len(batch) >= _COMMIT_EVERY:
             commit()
-    finally:
-        env.close()
-    print(
-        f"Processed {written} files" + (f" ({skipped} skipped)." if skipped else "."),
-        file=sys.stderr,
-    )
-    if written == 0:
-        raise DataError(f"no image of '{args.list_file}' could be read; '{args.db}' is empty")
-    return 0
+            print(f"Processed {written} files.", file=sys.stderr)
+    if batch:
+        commit()
+    return written, skipped
 
 
-def _native_channels(path: str) -> int:
+def _native_channels(path: str) -> int | None:
+    """1 or 3: the channels the image file holds as stored; None if it cannot be opened."""
     from PIL import Image
 
-    with Image.open(path) as img:
-        return 1 if img.mode in ("1", "L", "I", "I;16", "F", "LA", "La") else 3
+    from minicaffe.data.image_io import GREY_MODES
+
+    try:
+        with Image.open(path) as img:
+            return 1 if img.mode in GREY_MODES else 3
+    except Exception:
+        return None
+
+
+def _file_bytes(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError:
+        return None

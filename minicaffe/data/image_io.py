@@ -7,14 +7,17 @@ filter (OpenCV's INTER_LINEAR can differ by one grey level at some pixels).
 
 from __future__ import annotations
 
+import functools
 import io
 import os
+import warnings
 
 import numpy as np
 
 from minicaffe.errors import DataError
 
-_GREY_MODES = ("1", "L", "I", "I;16", "F", "LA", "La")
+# PIL modes that hold one grey channel
+GREY_MODES = ("1", "L", "I", "I;16", "F", "LA", "La")
 
 
 def _pil_to_chw(img, color: bool | None, where: str, height: int = 0, width: int = 0):
@@ -26,7 +29,7 @@ def _pil_to_chw(img, color: bool | None, where: str, height: int = 0, width: int
     from PIL import Image
 
     if color is None:
-        color = img.mode not in _GREY_MODES
+        color = img.mode not in GREY_MODES
     try:
         img = img.convert("RGB" if color else "L")
         if height > 0 and width > 0 and img.size != (width, height):
@@ -39,6 +42,19 @@ def _pil_to_chw(img, color: bool | None, where: str, height: int = 0, width: int
     return arr[None]
 
 
+def shown_path(path) -> str:
+    """``path`` as text that prints anywhere: bytes that are not UTF-8 (kept in a str as
+    surrogate escapes, as Python reads names from the filesystem) appear as ``\\xNN``."""
+    if isinstance(path, bytes):
+        raw = path
+    else:
+        try:
+            raw = os.fsencode(path)
+        except UnicodeError:
+            return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def read_image(
     path: str, *, height: int = 0, width: int = 0, color: bool | None = True, where: str = ""
 ) -> np.ndarray:
@@ -46,14 +62,15 @@ def read_image(
     from PIL import Image, UnidentifiedImageError
 
     label = f"{where}: " if where else ""
+    shown = shown_path(path)
     try:
         with Image.open(path) as img:
             img.load()
-            return _pil_to_chw(img, color, f"{label}'{path}'", height, width)
+            return _pil_to_chw(img, color, f"{label}'{shown}'", height, width)
     except FileNotFoundError:
-        raise DataError(f"{label}image '{path}' not found") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"{label}cannot read image '{path}': {exc}") from None
+        raise DataError(f"{label}image '{shown}' not found") from None
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
+        raise DataError(f"{label}cannot read image '{shown}': {exc}") from None
 
 
 def decode_image_bytes(
@@ -66,18 +83,109 @@ def decode_image_bytes(
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             return _pil_to_chw(img, color, where, height, width)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
         raise DataError(f"{where}: cannot decode the encoded image: {exc}") from None
 
 
-def encode_image(chw: np.ndarray, fmt: str) -> bytes:
-    """Encode a uint8 C x H x W BGR (or grey) array as ``fmt`` ("png", "jpg", ...)."""
+# The file extensions OpenCV's imencode takes (what Caffe's convert_imageset -encode_type names)
+# that Pillow can write: extension -> (Pillow format, Pillow feature the codec needs or None,
+# save options giving OpenCV's defaults: JPEG/AVIF quality 95, lossless WebP). pbm/pgm/ppm/pnm
+# are Pillow's one "PPM" writer, which picks the variant from the image mode. WebP and GIF have
+# no grey variant: a grey image comes back as 3 equal channels (as with OpenCV).
+_ENCODERS = {
+    "bmp": ("BMP", None, {}),
+    "dib": ("BMP", None, {}),
+    "jpg": ("JPEG", "jpg", {"quality": 95}),
+    "jpeg": ("JPEG", "jpg", {"quality": 95}),
+    "jpe": ("JPEG", "jpg", {"quality": 95}),
+    "jp2": ("JPEG2000", "jpg_2000", {}),
+    "png": ("PNG", None, {}),
+    "webp": ("WEBP", "webp", {"lossless": True}),
+    "tif": ("TIFF", None, {}),
+    "tiff": ("TIFF", None, {}),
+    "pbm": ("PPM", None, {}),
+    "pgm": ("PPM", None, {}),
+    "ppm": ("PPM", None, {}),
+    "pnm": ("PPM", None, {}),
+    "pxm": ("PPM", None, {}),
+    "gif": ("GIF", None, {}),
+    "avif": ("AVIF", "avif", {"quality": 95}),
+}
+# the variants that hold only grey (1 channel) or only colour (3 channels) images
+_GREY_ONLY = ("pbm", "pgm")
+_COLOUR_ONLY = ("ppm",)
+
+
+@functools.cache
+def encode_formats() -> tuple[str, ...]:
+    """The extensions :func:`encode_image` can write with this Pillow (sorted)."""
+    from PIL import Image, features
+
+    Image.init()
+    usable = []
+    for ext, (pil_format, feature, _) in _ENCODERS.items():
+        if pil_format not in Image.SAVE:
+            continue
+        if feature is not None:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    if not features.check(feature):
+                        continue
+            except Exception:  # a Pillow that does not know the feature's name
+                continue
+        usable.append(ext)
+    return tuple(sorted(usable))
+
+
+def normalize_format(fmt: str) -> str:
+    """``fmt`` as a lower-case extension without a leading dot ("JPG", ".jpg" -> "jpg")."""
+    return fmt.strip().lstrip(".").lower()
+
+
+def same_encoding(a: str, b: str) -> bool:
+    """Whether the extensions ``a`` and ``b`` name the same encoding (jpg/jpeg/jpe, tif/tiff,
+    bmp/dib; pbm, pgm and ppm stay distinct)."""
+    a, b = normalize_format(a), normalize_format(b)
+    if a == b:
+        return True
+    groups = ({"jpg", "jpeg", "jpe"}, {"tif", "tiff"}, {"bmp", "dib"})
+    return any(a in g and b in g for g in groups)
+
+
+def encoding_problem(fmt: str, channels: int) -> str:
+    """Why an image of ``channels`` channels cannot be encoded as ``fmt`` ("" when it can)."""
+    fmt = normalize_format(fmt)
+    if fmt not in encode_formats():
+        return f"cannot encode images as '{fmt}'; choices: {', '.join(encode_formats())}"
+    if fmt in _GREY_ONLY and channels != 1:
+        return f"'{fmt}' holds grey (1-channel) images only, not {channels}-channel ones"
+    if fmt in _COLOUR_ONLY and channels != 3:
+        return f"'{fmt}' holds colour (3-channel) images only, not {channels}-channel ones"
+    return ""
+
+
+def encode_image(chw: np.ndarray, fmt: str, *, where: str = "") -> bytes:
+    """Encode a uint8 C x H x W BGR (or grey) array as ``fmt``, a file extension as OpenCV's
+    imencode takes it ("png", "jpg", "tif", "pgm", ...; see :func:`encode_formats`).
+    DataError (prefixed with ``where``) for a format this Pillow cannot write or that cannot
+    hold the image, or when the encoder fails."""
     from PIL import Image
 
+    label = f"{where}: " if where else ""
+    problem = encoding_problem(fmt, chw.shape[0])
+    if problem:
+        raise DataError(label + problem)
+    fmt = normalize_format(fmt)
+    pil_format, _, options = _ENCODERS[fmt]
     img = Image.fromarray(chw[0] if chw.shape[0] == 1 else chw[::-1].transpose(1, 2, 0))
+    if fmt == "pbm":  # 1 bit per pixel: threshold at half grey, as a plain conversion would
+        img = img.convert("1", dither=Image.Dither.NONE)
     buf = io.BytesIO()
-    fmt = {"jpg": "JPEG", "jpeg": "JPEG"}.get(fmt.lower(), fmt.upper())
-    img.save(buf, format=fmt)
+    try:
+        img.save(buf, format=pil_format, **options)
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{label}cannot encode the image as '{fmt}': {exc}") from None
     return buf.getvalue()
 
 
