@@ -38,7 +38,7 @@ def open_datum_lmdb(db: str):
     itself); DataError saying what ``db`` is when it is not an LMDB."""
     import lmdb
 
-    from minicaffe.data.data import LEVELDB_HELP
+    from minicaffe.data.data import not_lmdb
     from minicaffe.errors import DataError
 
     if not os.path.exists(db):
@@ -47,18 +47,9 @@ def open_datum_lmdb(db: str):
             f"directory, {os.getcwd()})"
         )
     is_dir = os.path.isdir(db)
-    if is_dir and not os.path.isfile(os.path.join(db, "data.mdb")):
-        if os.path.isfile(os.path.join(db, "CURRENT")):
-            raise DataError(f"'{db}' is a LevelDB, not an LMDB (no data.mdb). {LEVELDB_HELP}")
-        try:
-            empty = not os.listdir(db)
-        except OSError:
-            empty = False
-        what = "an empty folder" if empty else "a folder without data.mdb"
-        raise DataError(
-            f"'{db}' is {what}, not an LMDB (an LMDB folder holds data.mdb and lock.mdb, "
-            "as convert-imageset writes them)"
-        )
+    problem = not_lmdb(db)
+    if problem:
+        raise DataError(f"'{db}' {problem}")
     try:
         return lmdb.open(db, readonly=True, lock=False, readahead=False, subdir=is_dir)
     except lmdb.Error as exc:

@@ -14,7 +14,6 @@ written.
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import shutil
 import sys
@@ -121,7 +120,9 @@ def run(args) -> int:
         if problem:
             fix = "leave out --gray" if args.gray else "add --gray"
             raise DataError(f"--encode_type {enc}: {problem}; {fix} or choose another type")
-    entries = read_list_file(args.list_file)
+    from minicaffe.data.image_data import parse_image_list
+
+    entries = parse_image_list(args.list_file)
     if not entries:
         raise DataError(f"list file '{args.list_file}' lists no images; no DB was written")
     if args.shuffle:
@@ -170,58 +171,6 @@ def run(args) -> int:
         file=sys.stderr,
     )
     return 0
-
-
-_LABEL = re.compile(rb"[+-]?[0-9]+")
-_INT32 = (-(2**31), 2**31 - 1)
-
-
-def read_list_file(path: str) -> list[tuple[str, int, int]]:
-    """(file name, label, line number) for each non-blank line ``<file name> <label>`` of the
-    list file ``path``, split at the line's LAST space (names may hold spaces), as Caffe's
-    convert_imageset reads it.
-
-    The file is read as bytes, as Caffe does: names need not be UTF-8. Each name is decoded as
-    the filesystem encoding does (``os.fsdecode``), so it opens the same file and
-    ``os.fsencode(name)`` gives back the bytes written in the list. Labels must be integers
-    that fit Datum.label (int32); anything else is a DataError naming the file and line.
-    """
-    from minicaffe.data.image_io import shown_path
-    from minicaffe.errors import DataError
-
-    shown = shown_path(path)
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except FileNotFoundError:
-        raise DataError(
-            f"list file '{shown}' not found (relative paths are resolved against the current "
-            f"directory, {os.getcwd()})"
-        ) from None
-    except OSError as exc:
-        raise DataError(f"cannot read list file '{shown}': {exc.strerror or exc}") from None
-    if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark is no part of a name
-        raw = raw[3:]
-    entries = []
-    for no, line in enumerate(raw.splitlines(), 1):
-        line = line.strip()
-        if not line:
-            continue
-        name, sep, label = line.rpartition(b" ")
-        name = name.strip()
-        if not sep or not name or not _LABEL.fullmatch(label):
-            raise DataError(
-                f"'{shown}' line {no}: expected '<image path> <integer label>'; received "
-                f"'{shown_path(line)}'"
-            )
-        value = int(label)
-        if not _INT32[0] <= value <= _INT32[1]:
-            raise DataError(
-                f"'{shown}' line {no}: label {value} does not fit Datum.label (a 32-bit signed "
-                f"integer, {_INT32[0]} to {_INT32[1]})"
-            )
-        entries.append((os.fsdecode(name), value, no))
-    return entries
 
 
 def _make_temp_dir(target: str) -> tuple[str, list[str]]:

@@ -32,6 +32,22 @@ LEVELDB_HELP = (
 )
 
 
+def not_lmdb(path: str) -> str | None:
+    """Why an existing ``path`` is not an LMDB (a folder with data.mdb, or a single file), or
+    None when it may be one."""
+    if not os.path.isdir(path) or os.path.isfile(os.path.join(path, "data.mdb")):
+        return None
+    if os.path.isfile(os.path.join(path, "CURRENT")):
+        return f"is a LevelDB, not an LMDB (no data.mdb). {LEVELDB_HELP}"
+    try:
+        empty = not os.listdir(path)
+    except OSError:
+        empty = False
+    what = "an empty folder" if empty else "a folder without data.mdb"
+    return (f"is {what}, not an LMDB (an LMDB folder holds data.mdb and lock.mdb, as "
+            "convert-imageset writes them)")
+
+
 def open_lmdb(source: str, where: str, backend: int | None = None):
     """A read-only LMDB environment for ``source`` (a directory holding data.mdb, or the file).
 
@@ -48,12 +64,9 @@ def open_lmdb(source: str, where: str, backend: int | None = None):
             f"against the current directory, {os.getcwd()})"
         )
     is_dir = os.path.isdir(source)
-    is_lmdb = os.path.isfile(os.path.join(source, "data.mdb")) if is_dir else True
-    if not is_lmdb or (is_dir and os.path.isfile(os.path.join(source, "CURRENT"))):
-        raise DataError(
-            f"{where}: '{source}' is not an LMDB (no data.mdb); it looks like a "
-            f"LevelDB. {LEVELDB_HELP}"
-        )
+    problem = not_lmdb(source)
+    if problem:
+        raise DataError(f"{where}: '{source}' {problem}")
     if backend == caffe_pb2.DataParameter.LEVELDB:
         log.warning("%s: backend is LEVELDB but '%s' is an LMDB; reading it as LMDB", where, source)
     key = os.path.realpath(source)

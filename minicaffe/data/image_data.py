@@ -3,44 +3,63 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 
 from minicaffe.data.base import BaseDataLayer, slot_array
-from minicaffe.data.image_io import read_image
+from minicaffe.data.image_io import read_image, shown_path
 from minicaffe.data.transformer import DataTransformer
 from minicaffe.errors import DataError
 from minicaffe.registry import register_layer
 
+_LABEL = re.compile(rb"[+-]?[0-9]+")
+_INT32 = (-(2**31), 2**31 - 1)
 
-def parse_image_list(path: str, where: str) -> list[tuple[str, int, int]]:
-    """(file name, label, line number) for each non-blank line ``<file name> <label>`` of
-    ``path``; the line is split at its LAST space, so file names may contain spaces."""
+
+def parse_image_list(path: str, where: str | None = None) -> list[tuple[str, int, int]]:
+    """(file name, label, line number) for each non-blank line ``<file name> <label>`` of the
+    list file ``path``, split at the line's LAST space (names may hold spaces), as Caffe's
+    ImageData layer and convert_imageset read it (``where`` prefixes errors, e.g. the layer).
+
+    The file is read as bytes, as Caffe does: names need not be UTF-8. Each name is decoded as
+    the filesystem encoding does (``os.fsdecode``), so it opens the same file and
+    ``os.fsencode(name)`` gives back the bytes written in the list. Labels must be integers
+    that fit a 32-bit label (Datum.label); anything else is a DataError naming the file and line.
+    """
+    prefix = f"{where}: " if where else ""
+    shown = shown_path(path)
     try:
-        with open(path, encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
+        with open(path, "rb") as fh:
+            raw = fh.read()
     except FileNotFoundError:
         raise DataError(
-            f"{where}: list file '{path}' not found (relative paths are resolved "
-            f"against the current directory, {os.getcwd()})"
+            f"{prefix}list file '{shown}' not found (relative paths are resolved against the "
+            f"current directory, {os.getcwd()})"
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{where}: cannot read list file '{path}': {exc}") from None
+    except OSError as exc:
+        raise DataError(f"{prefix}cannot read list file '{shown}': {exc.strerror or exc}") from None
+    if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark is no part of a name
+        raw = raw[3:]
     entries = []
-    for no, line in enumerate(lines, 1):
+    for no, line in enumerate(raw.splitlines(), 1):
         line = line.strip()
         if not line:
             continue
-        name, sep, label = line.rpartition(" ")
-        try:
-            if not sep or not name.strip():
-                raise ValueError
-            entries.append((name.strip(), int(label), no))
-        except ValueError:
+        name, sep, label = line.rpartition(b" ")
+        name = name.strip()
+        if not sep or not name or not _LABEL.fullmatch(label):
             raise DataError(
-                f"{where}: '{path}' line {no}: expected '<image path> <integer "
-                f"label>'; received {line!r}"
-            ) from None
+                f"{prefix}'{shown}' line {no}: expected '<image path> <integer label>'; "
+                f"received '{shown_path(line)}'"
+            )
+        value = int(label)
+        if not _INT32[0] <= value <= _INT32[1]:
+            raise DataError(
+                f"{prefix}'{shown}' line {no}: label {value} does not fit Datum.label (a 32-bit "
+                f"signed integer, {_INT32[0]} to {_INT32[1]})"
+            )
+        entries.append((os.fsdecode(name), value, no))
     return entries
 
 

@@ -115,3 +115,17 @@ def test_errors(images, tmp_path):
     (tmp_path / "list.txt").write_text("pic 0.png 0\n")
     with pytest.raises(DataError, match="new_height and new_width must be given together"):
         build_data_layer(_text("new_height: 4"))
+
+
+def test_list_names_need_not_be_utf8_and_labels_fit_int32(images, tmp_path):
+    import os
+
+    name = b"caf\xe9.png"  # a Latin-1 name, as Caffe reads list files: bytes
+    Image.fromarray(np.full((4, 5, 3), 7, np.uint8)).save(tmp_path / "img" / os.fsdecode(name))
+    (tmp_path / "list.txt").write_bytes(name + b" 4\n")
+    layer, tops = build_data_layer(_text(batch=1))
+    next_batch(layer, tops)
+    assert tops[1].data[0] == 4 and np.all(tops[0].data == 7)
+    (tmp_path / "list.txt").write_bytes(name + b" 99999999999\n")
+    with pytest.raises(DataError, match="line 1: label 99999999999 does not fit"):
+        build_data_layer(_text(batch=1))
