@@ -38,18 +38,11 @@ def open_datum_lmdb(db: str):
     itself); DataError saying what ``db`` is when it is not an LMDB."""
     import lmdb
 
-    from minicaffe.data.data import not_lmdb
+    from minicaffe.data.data import check_lmdb
     from minicaffe.errors import DataError
 
-    if not os.path.exists(db):
-        raise DataError(
-            f"database '{db}' not found (relative paths are resolved against the current "
-            f"directory, {os.getcwd()})"
-        )
+    check_lmdb(db)
     is_dir = os.path.isdir(db)
-    problem = not_lmdb(db)
-    if problem:
-        raise DataError(f"'{db}' {problem}")
     try:
         return lmdb.open(db, readonly=True, lock=False, readahead=False, subdir=is_dir)
     except lmdb.Error as exc:

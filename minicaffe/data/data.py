@@ -48,6 +48,19 @@ def not_lmdb(path: str) -> str | None:
             "convert-imageset writes them)")
 
 
+def check_lmdb(path: str, prefix: str = "") -> None:
+    """DataError (its message starting with ``prefix``) unless ``path`` exists and may be an
+    LMDB: says what it is instead (missing, a LevelDB, an empty folder, ...)."""
+    if not os.path.exists(path):
+        raise DataError(
+            f"{prefix}database '{path}' not found (relative paths are resolved against the "
+            f"current directory, {os.getcwd()})"
+        )
+    problem = not_lmdb(path)
+    if problem:
+        raise DataError(f"{prefix}'{path}' {problem}")
+
+
 def open_lmdb(source: str, where: str, backend: int | None = None):
     """A read-only LMDB environment for ``source`` (a directory holding data.mdb, or the file).
 
@@ -58,15 +71,8 @@ def open_lmdb(source: str, where: str, backend: int | None = None):
 
     if not source:
         raise DataError(f"{where}: data_param.source (the database path) is required")
-    if not os.path.exists(source):
-        raise DataError(
-            f"{where}: database '{source}' not found (relative paths are resolved "
-            f"against the current directory, {os.getcwd()})"
-        )
+    check_lmdb(source, f"{where}: ")
     is_dir = os.path.isdir(source)
-    problem = not_lmdb(source)
-    if problem:
-        raise DataError(f"{where}: '{source}' {problem}")
     if backend == caffe_pb2.DataParameter.LEVELDB:
         log.warning("%s: backend is LEVELDB but '%s' is an LMDB; reading it as LMDB", where, source)
     key = os.path.realpath(source)
