@@ -66,20 +66,6 @@ def _parse_phase(value) -> int:
     return number
 
 
-def _is_hdf5(path) -> bool:
-    """Whether a weights file is HDF5, by its content as Caffe decides (H5Fis_hdf5): a binary
-    .caffemodel saved under a .h5 name still loads. A missing file goes by its name, so the
-    error comes from the reader the user meant."""
-    from minicaffe.prototxt import HDF5_MAGIC
-
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(8) == HDF5_MAGIC
-    except OSError:
-        return path.endswith((".h5", ".hdf5"))
-
-
 def _naming_layer(exc: MinicaffeError, lp) -> MinicaffeError:
     """``exc`` with the layer named in front when its message does not name it already (an
     error raised by a blob or helper on the layer's behalf)."""
@@ -766,9 +752,9 @@ class Net:
     # ------------------------------------------------------------------ weights
     def copy_from(self, weights, *, strict_report: bool = False) -> CopyReport:
         """Copy parameters from a .caffemodel (or .caffemodel.h5) by layer name."""
-        from minicaffe.prototxt import read_caffemodel
+        from minicaffe.prototxt import is_hdf5_file, read_caffemodel
 
-        if _is_hdf5(weights):
+        if is_hdf5_file(weights):  # by content: a binary .caffemodel under a .h5 name loads
             return self.load_hdf5(weights)
         model = read_caffemodel(weights)
         return self.copy_from_arrays(model.weights, source=str(weights))

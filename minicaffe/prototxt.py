@@ -37,6 +37,18 @@ HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 HDF5_ERRORS = (OSError, RuntimeError, KeyError, TypeError, ValueError)
 
 
+def is_hdf5_file(path, suffixes=(".h5", ".hdf5")) -> bool:
+    """Whether ``path`` is HDF5, by its content as Caffe decides (H5Fis_hdf5), whatever its
+    name; a file that cannot be read goes by its name (one of ``suffixes``), so the error
+    comes from the reader the user meant."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(8) == HDF5_MAGIC
+    except OSError:
+        return path.endswith(tuple(suffixes))
+
+
 def _new_file_mode(path: str) -> int:
     """The permission bits ``open(path, "w")`` would leave: an existing file keeps its own,
     a new one gets 0666 less the umask (a temporary file from mkstemp starts at 0600)."""

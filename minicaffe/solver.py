@@ -903,15 +903,10 @@ class Solver:
 
     def restore(self, path: str) -> None:
         """Continue from a .solverstate (or .solverstate.h5) written by minicaffe or Caffe."""
-        from minicaffe.prototxt import HDF5_MAGIC
+        from minicaffe.prototxt import is_hdf5_file
 
         path = os.fspath(path)
-        try:
-            with open(path, "rb") as fh:
-                hdf5 = fh.read(8) == HDF5_MAGIC
-        except OSError:
-            hdf5 = path.endswith(".h5")
-        if hdf5:
+        if is_hdf5_file(path, (".h5",)):
             state, history = _read_solverstate_h5(path)
         else:
             from minicaffe.prototxt import read_solverstate
