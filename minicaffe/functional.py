@@ -154,6 +154,18 @@ def default_threads() -> int:
 NUM_THREADS = default_threads()
 
 
+def with_callers_errstate(fn):
+    """``fn`` run under the calling thread's NumPy error state (which is per thread, so a
+    worker thread would otherwise warn where the caller silenced a warning)."""
+    errors = np.geterr()
+
+    def run(*args):
+        with np.errstate(**errors):
+            return fn(*args)
+
+    return run
+
+
 def parallel(fn, n: int, work: int = 1 << 30, gemm: bool = False, dynamic: bool = False) -> None:
     """Run ``fn(start, stop)`` over ``range(n)`` on NUM_THREADS threads (the calling thread is
     one of them); one call ``fn(0, n)`` when ``work`` (elements touched) is small or there is
@@ -187,13 +199,12 @@ def parallel(fn, n: int, work: int = 1 << 30, gemm: bool = False, dynamic: bool 
     else:
         body = fn
 
-    errors = np.geterr()  # NumPy's error state is per thread: the workers take the caller's
+    body = with_callers_errstate(body)
 
     def part(a, b):
         _state.busy = True
         try:
-            with np.errstate(**errors):
-                body(a, b)
+            body(a, b)
         finally:
             _state.busy = False
 
@@ -1334,15 +1345,15 @@ class PoolPlan:
 
         def run(i, j):
             scratch = self._part(threading.get_ident(), fill)
-            # (NumPy's error state is per thread: each worker sets its own)
-            with np.errstate(all="ignore") if self.empty is not None else nullcontext():
-                for a, b in chunks[i:j]:
-                    fn(scratch, *(arr[a:b] for arr in arrays))
+            for a, b in chunks[i:j]:
+                fn(scratch, *(arr[a:b] for arr in arrays))
 
-        if self.xp is np:
-            parallel(run, len(chunks), math.prod(self.shape), dynamic=True)
-        else:
-            run(0, len(chunks))
+        # windows past the edge divide by 0 (AVE) and multiply inf by 0, as Caffe does, quietly
+        with np.errstate(all="ignore") if self.empty is not None else nullcontext():
+            if self.xp is np:
+                parallel(run, len(chunks), math.prod(self.shape), dynamic=True)
+            else:
+                run(0, len(chunks))
 
     def _phases(self, scratch, x):
         """Fill the phases of chunk ``x``; returns a function (i, j) -> the (b, C, Ho, Wo) input

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from minicaffe.errors import LabelError, LayerError, ShapeError
-from minicaffe.functional import default_threads
+from minicaffe.functional import default_threads, with_callers_errstate
 from minicaffe.layer import LossLayer
 from minicaffe.proto import caffe_pb2
 
@@ -663,12 +663,7 @@ class ChunkPlan:
                     return
                 yield chunk
 
-        errors = np.geterr()  # NumPy's error state is per thread: the workers take the caller's
-
-        def worker(j, chunks):
-            with np.errstate(**errors):
-                fn(j, chunks)
-
+        worker = with_callers_errstate(fn)
         pool = _get_pool(self.workers - 1)
         futures = [pool.submit(worker, j, take()) for j in range(1, self.workers)]
         error = None
