@@ -759,15 +759,21 @@ class Net:
         model = read_caffemodel(weights)
         return self.copy_from_arrays(model.weights, source=str(weights))
 
+    def _first_layer_of_each_name(self) -> dict:
+        """Layer name -> the first layer of that name (Caffe finds layers by a linear search
+        from the start; ``layer_dict`` keeps the last of a repeated name)."""
+        first: dict = {}
+        for name, layer in zip(self._layer_names, self.layers):
+            first.setdefault(name, layer)
+        return first
+
     def copy_from_arrays(self, weights, source: str = "<arrays>") -> CopyReport:
         """``weights``: iterable of (layer name, [arrays or BlobArrays])."""
         report = CopyReport()
         seen = set()
         # as Caffe's CopyTrainedLayersFrom: each entry of the file goes to the first layer of
         # its name, and a later entry of the same name overwrites an earlier one
-        first: dict[str, object] = {}
-        for name, layer in zip(self._layer_names, self.layers):
-            first.setdefault(name, layer)
+        first = self._first_layer_of_each_name()
         for name, blobs in weights:
             layer = first.get(name)
             if layer is None:
@@ -903,9 +909,7 @@ class Net:
         """Share parameter data (not diffs) with ``other``'s layers of the same names (as
         Caffe's ShareTrainedLayersWith: each layer of ``other``, in order, with the first layer
         of its name here)."""
-        first: dict[str, object] = {}
-        for name, layer in zip(self._layer_names, self.layers):
-            first.setdefault(name, layer)
+        first = self._first_layer_of_each_name()
         for name, src in zip(other._layer_names, other.layers):
             layer = first.get(name)
             if layer is None or not (layer.blobs or src.blobs):

@@ -102,7 +102,6 @@ class PoolingLayer(Layer):
         self._tracked = False
         self._chwn = False
         self.chwn_plan = None
-        self._empty_windows = False
         self.n_tops = len(top)
 
     def reshape(self, bottom, top):
@@ -130,7 +129,6 @@ class PoolingLayer(Layer):
             self.plan = PoolPlan(self.xp, self.dtype, shape, kernel, self.stride, self.pad, out)
             self._scratch_y = None
             self.chwn_plan = None
-            self._empty_windows = self.plan.empty is not None
             if self.takes_chwn(0):
                 name = "MAX" if self.method == MAX else "AVE"
                 self.chwn_plan = ChwnPoolPlan(
@@ -145,7 +143,7 @@ class PoolingLayer(Layer):
         return (
             self.xp is np
             and self.method in (MAX, AVE)
-            and not self._empty_windows
+            and not (self._plan_key and self.plan.empty is not None)
             and self.n_tops == 1
             and strided_ok(self.stride, batch)
         )
