@@ -49,7 +49,7 @@ def _usage(message: str) -> int:
 
 def run(args) -> int:
     from minicaffe.backend import to_numpy
-    from minicaffe.commands.train import choose_device, flag_stages, parse_gpu_ids
+    from minicaffe.commands.train import choose_device, flag_stages, listed, parse_gpu_ids
     from minicaffe.logs import training_log
     from minicaffe.net import Net
     from minicaffe.proto import caffe_pb2
@@ -81,10 +81,9 @@ def run(args) -> int:
             report = net.copy_from(path)
             if report.not_in_file:  # scores from filler values: say so whatever the console
                 print(f"minicaffe test: warning: {path} holds no weights for "
-                      f"{len(report.not_in_file)} layers with parameters "
-                      f"({', '.join(report.not_in_file[:8])}"
-                      f"{', ...' if len(report.not_in_file) > 8 else ''}); they keep their "
-                      "initial values", file=sys.stderr)
+                      f"{len(report.not_in_file)} layers with parameters"
+                      f"{listed(report.not_in_file)}; they keep their initial values",
+                      file=sys.stderr)
         log.info("Running for %d iterations.", args.iterations)
         bar = None
         if tty and not args.quiet:

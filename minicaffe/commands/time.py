@@ -10,6 +10,7 @@ given; the inputs keep whatever the input layers hold (zeros for Input layers).
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 
@@ -106,9 +107,9 @@ def format_table(net, fwd, bwd, total_f, total_b, wall, iterations: int) -> str:
 
 
 def run(args) -> int:
-    from minicaffe import backend
-    from minicaffe.commands.train import flag_stages
+    from minicaffe.commands.train import choose_device, flag_stages, parse_gpu_ids
     from minicaffe.net import Net
+    from minicaffe.proto import caffe_pb2
 
     model = args.model or args.prototxt
     if args.model and args.prototxt and args.model != args.prototxt:
@@ -117,24 +118,13 @@ def run(args) -> int:
         return _usage("need a model definition to time: minicaffe time net.prototxt")
     if args.iterations < 1:
         return _usage(f"--iterations must be >= 1; received {args.iterations}")
-    device = backend.CPU_DEVICE
     if args.gpu is not None:
-        from minicaffe.commands.train import parse_gpu_ids
-        from minicaffe.errors import DeviceError
-
         try:
-            ids = parse_gpu_ids(args.gpu)
+            parse_gpu_ids(args.gpu)
         except ValueError as exc:
             return _usage(str(exc))
-        if ids == []:
-            pass  # an empty --gpu: the CPU
-        elif not backend.gpu_available():
-            raise DeviceError(
-                f"--gpu {args.gpu}: no usable GPU (CuPy is not installed or no CUDA device "
-                "answers); leave out --gpu to time on the CPU"
-            )
-        else:
-            device = backend.gpu_device(0 if ids == "all" else ids[0])
+    device = choose_device(args.gpu, caffe_pb2.SolverParameter(), logging.getLogger("minicaffe"),
+                           "time")
     stages = flag_stages(args.stage)
     net = Net(model, phase=args.phase, level=args.level, stages=stages, device=device)
     if args.weights:

@@ -317,10 +317,10 @@ def choose_device(gpu_flag: str | None, sp, log: logging.Logger, what: str = "tr
     from minicaffe.errors import DeviceError
     from minicaffe.proto import caffe_pb2
 
-    if gpu_flag is not None and gpu_flag.strip() == "":
-        return backend.CPU_DEVICE
     if gpu_flag is not None:
         ids = parse_gpu_ids(gpu_flag)
+        if not ids:  # an empty --gpu
+            return backend.CPU_DEVICE
         cp = backend.get_cupy()
         if cp is None:
             raise DeviceError(
@@ -346,23 +346,24 @@ def choose_device(gpu_flag: str | None, sp, log: logging.Logger, what: str = "tr
     return backend.CPU_DEVICE
 
 
+def listed(items) -> str:
+    """The first 8 of ``items`` for a message: " (a, b, ...)", or "" when there are none."""
+    shown = ", ".join(items[:8]) + (", ..." if len(items) > 8 else "")
+    return f" ({shown})" if items else ""
+
+
 def _report_weights(solver, log: logging.Logger) -> None:
     for path, rep in solver.weights_reports:
-
-        def names(items):
-            shown = ", ".join(items[:8]) + (", ..." if len(items) > 8 else "")
-            return f" ({shown})" if items else ""
-
         log.info(
             "Fine-tuning from %s: copied %d layers%s; skipped %d layers not in this net%s; "
             "re-initialised %d layers not in the file%s",
             path,
             len(rep.copied),
-            names(rep.copied),
+            listed(rep.copied),
             len(rep.not_in_model),
-            names(rep.not_in_model),
+            listed(rep.not_in_model),
             len(rep.not_in_file),
-            names(rep.not_in_file),
+            listed(rep.not_in_file),
         )
 
 
