@@ -160,11 +160,7 @@ def run(args) -> int:
         if env is not None:
             env.close()
         shutil.rmtree(tmp, ignore_errors=True)
-        for folder in made:  # parent folders this run created, deepest first
-            try:
-                os.rmdir(folder)
-            except OSError:
-                break
+        _remove_folders(made)
         raise
     print(
         f"Processed {written} files" + (f" ({skipped} skipped)." if skipped else "."),
@@ -195,12 +191,18 @@ def _make_temp_dir(target: str) -> tuple[str, list[str]]:
             except FileExistsError:
                 continue
     except OSError as exc:
-        for folder in made:
-            try:
-                os.rmdir(folder)
-            except OSError:
-                break
+        _remove_folders(made)
         raise FileWriteError(target, exc.strerror or str(exc), exc.errno) from None
+
+
+def _remove_folders(made: list[str]) -> None:
+    """Remove the parent folders a run created (deepest first), up to the first that is not
+    empty."""
+    for folder in made:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            break
 
 
 def _write_records(env, entries, args, enc: str) -> tuple[int, int]:
