@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from minicaffe import backend
+from minicaffe.data.image_io import resize_linear
 from minicaffe.errors import DataError
 from minicaffe.proto import caffe_pb2
 from tests.data_layers.util import build_data_layer, next_batch
@@ -48,9 +49,8 @@ def test_grey_resize_and_transform(images, tmp_path):
     )
     x, _ = next_batch(layer, tops)
     assert x.shape == (3, 1, 8, 4)
-    ref = np.asarray(
-        Image.open(tmp_path / "img" / "pic 1.png").convert("L").resize((4, 8), Image.BILINEAR)
-    )
+    grey = np.asarray(Image.open(tmp_path / "img" / "pic 1.png").convert("L"))
+    ref = resize_linear(grey[None], 8, 4)[0]  # OpenCV's INTER_LINEAR (tests/test_image_resize)
     np.testing.assert_array_equal(x[1, 0], ref.astype(np.float32) * 0.5)
 
 
