@@ -23,7 +23,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from minicaffe.errors import ShapeError
+from minicaffe.errors import OutOfMemoryError, ShapeError
 from minicaffe.functional import address_key
 
 _MAX_AXES = 32
@@ -39,6 +39,14 @@ def _normalize_shape(shape) -> tuple[int, ...]:
         raise ShapeError(f"blob dimensions must be >= 0; received shape {out}")
     return out
 
+
+def _size_text(nbytes: int) -> str:
+    """A byte count for messages: 512 B, 1.50 MiB, 1.09 TiB, ..."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if nbytes < 1024:
+            return f"{nbytes:.2f} {unit}" if unit != "B" else f"{nbytes} B"
+        nbytes /= 1024
+    return f"{nbytes:.2f} PiB"
 
 class _Buffer:
     """A growable flat array; shared by every blob that shares the role."""
@@ -125,7 +133,14 @@ class Blob:
     def _view(self, buf: _Buffer):
         arr = buf.array
         if arr is None or arr.size < self._count:
-            new = self.xp.zeros(max(self._count, 1), dtype=self.dtype)
+            try:
+                new = self.xp.zeros(max(self._count, 1), dtype=self.dtype)
+            except MemoryError:
+                raise OutOfMemoryError(
+                    f"blob '{self.name or '?'}' of shape {self._shape} needs "
+                    f"{_size_text(self._count * self.dtype.itemsize)}, more memory than is free"
+                    f" (batch size or input shape too large?)"
+                ) from None
             buf.array = arr = new
         if buf.layout is not None:
             buf.canonicalize()

@@ -129,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"minicaffe {args.command}: interrupted", file=sys.stderr)
         return 130
+    except MemoryError as exc:  # an allocation outside the blobs (a layer's own buffers)
+        if args.debug:
+            raise
+        print(f"minicaffe {args.command}: error: out of memory: {exc}", file=sys.stderr)
+        return 1
     except (OSError, ValueError) as exc:
         if args.debug:
             raise

@@ -90,5 +90,10 @@ class FileWriteError(MinicaffeError, OSError):
         return self.message
 
 
+class OutOfMemoryError(MinicaffeError, MemoryError):
+    """An array too large for the memory left (names the blob or layer, its shape and size).
+    Also a MemoryError, so ``except MemoryError`` keeps catching it."""
+
+
 class DeviceError(MinicaffeError):
     """A requested device or engine that is not usable."""

@@ -23,6 +23,7 @@ from minicaffe.blob import Blob, shape_equals_legacy
 from minicaffe.errors import (
     MinicaffeError,
     NetBuildError,
+    OutOfMemoryError,
     PhaseError,
     ShapeError,
     WeightsError,
@@ -76,6 +77,13 @@ def _naming_layer(exc: MinicaffeError, lp) -> MinicaffeError:
         return type(exc)(f"{where}: {exc}")
     except TypeError:  # an error type with another signature: keep it as it is
         return exc
+
+
+def _out_of_memory(exc: MemoryError, lp) -> OutOfMemoryError:
+    """A MemoryError raised while layer ``lp`` ran, as an OutOfMemoryError naming the layer."""
+    if isinstance(exc, OutOfMemoryError):
+        return _naming_layer(exc, lp)
+    return OutOfMemoryError(f"layer '{lp.name}' ({lp.type}): out of memory: {exc}")
 
 
 class _Transfer:
@@ -240,6 +248,8 @@ class Net:
                 layer.set_up(bottoms, tops)
             except MinicaffeError as exc:
                 raise _naming_layer(exc, lp) from exc
+            except MemoryError as exc:
+                raise _out_of_memory(exc, lp) from None
             except Exception as exc:  # a layer bug or unexpected input: name the layer
                 raise NetBuildError(f"layer '{lp.name}' ({lp.type}) failed to set up: "
                                     f"{type(exc).__name__}: {exc}") from exc
@@ -427,8 +437,11 @@ class Net:
         bottoms, tops = self._bottom_vecs[li], self._top_vecs[li]
         if self._transfers[li]:
             self._sync_in(li)
-        layer.reshape(bottoms, tops)
-        layer.forward(bottoms, tops)
+        try:
+            layer.reshape(bottoms, tops)
+            layer.forward(bottoms, tops)
+        except MemoryError as exc:
+            raise _out_of_memory(exc, layer.layer_param) from None
         if self._transfers[li]:
             self._sync_out(li)
         loss = 0.0
@@ -459,8 +472,12 @@ class Net:
         for tr in transfers:
             if tr.in_place:
                 copy_into(tr.mirror.diff, tr.source.diff)
-        self.layers[li].backward(self._top_vecs[li], self.bottom_need_backward[li],
-                                 self._bottom_vecs[li])
+        layer = self.layers[li]
+        try:
+            layer.backward(self._top_vecs[li], self.bottom_need_backward[li],
+                           self._bottom_vecs[li])
+        except MemoryError as exc:
+            raise _out_of_memory(exc, layer.layer_param) from None
         for tr in transfers:
             if self.bottom_need_backward[li][tr.index]:
                 copy_into(tr.source.diff, tr.mirror.diff)

@@ -58,3 +58,13 @@ def test_shape_equals_legacy():
     assert shape_equals_legacy((10, 20), (1, 1, 10, 20))
     assert not shape_equals_legacy((10, 20), (1, 10, 1, 20))
     assert not shape_equals_legacy((1, 2, 3, 4, 5), (1, 2, 3, 4))
+
+
+def test_a_blob_too_large_for_memory_is_a_typed_error_naming_it():
+    from minicaffe.errors import OutOfMemoryError
+
+    blob = Blob(2**20, 2**20, 2**10, name="huge")  # 4 PiB of float32: no allocator gives that
+    with pytest.raises(MemoryError) as info:  # (also a MemoryError, as before)
+        _ = blob.data
+    assert isinstance(info.value, OutOfMemoryError)
+    assert "blob 'huge' of shape (1048576, 1048576, 1024) needs 4.00 PiB" in str(info.value)

@@ -107,3 +107,13 @@ def test_solver_type_case_hint(tmp_path, capsys):
         assert "did you mean 'Adam'?" in str(exc) and "s.prototxt" in str(exc)
     else:
         raise AssertionError("no error")
+
+
+def test_an_input_too_large_for_memory_is_one_error_line(tmp_path, capsys):
+    net = tmp_path / "huge.prototxt"
+    net.write_text("layer { name: 'in' type: 'Input' top: 'x' input_param { shape { dim: 1048576 "
+                   "dim: 1048576 dim: 1024 } } }\nlayer { name: 'r' type: 'ReLU' bottom: 'x' "
+                   "top: 'y' }\n")
+    assert main(["time", str(net), "--iterations", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "blob 'x' of shape (1048576, 1048576, 1024) needs" in err

@@ -298,3 +298,27 @@ def test_layer_type_list_has_core_types():
     types_ = minicaffe.layer_type_list()
     for t in ("Input", "DummyData", "Split", "Silence", "InnerProduct", "ReLU", "Softmax"):
         assert t in types_
+
+
+
+def test_memory_errors_inside_layers_name_the_layer(monkeypatch, tmp_path):
+    import minicaffe
+    from minicaffe.errors import OutOfMemoryError
+    from minicaffe.layers.relu import ReLULayer
+
+    path = tmp_path / "net.prototxt"
+    path.write_text("force_backward: true layer { name: 'in' type: 'Input' top: 'x' input_param "
+                    "{ shape { dim: 2 dim: 3 } } } layer { name: 'act' type: 'ReLU' bottom: 'x' "
+                    "top: 'y' }")
+    net = minicaffe.Net(str(path), minicaffe.TRAIN)
+    net.forward()
+
+    def refuse(self, *args):
+        raise MemoryError("Unable to allocate 9.00 GiB")
+
+    monkeypatch.setattr(ReLULayer, "backward", refuse)
+    with pytest.raises(OutOfMemoryError, match=r"^layer 'act' \(ReLU\): out of memory: Unable"):
+        net.backward()
+    monkeypatch.setattr(ReLULayer, "forward", refuse)
+    with pytest.raises(MemoryError, match=r"^layer 'act' \(ReLU\): out of memory: Unable"):
+        net.forward()
