@@ -431,6 +431,11 @@ class Net:
                 tr.source.reshape(tr.mirror.shape)
                 copy_into(tr.source.data, tr.mirror.data)
 
+    @property
+    def has_loss(self) -> bool:
+        """Whether any top carries a loss weight (something for training to minimise)."""
+        return any(self._loss_tops)
+
     def forward_layer(self, li: int):
         """Reshape and forward layer ``li``; returns its loss contribution (0 if none)."""
         layer = self.layers[li]

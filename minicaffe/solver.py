@@ -395,6 +395,11 @@ class Solver:
         net_param.state.CopyFrom(state)
         log.info("Creating training net from %s", field)
         self.net = self._make_net(net_param, "train net")
+        if self.net.learnable_params and not self.net.has_loss:
+            log.warning(
+                "the train net '%s' has no loss (no top with a loss weight): training will not "
+                "change its weights", self.net.name
+            )
         self._load_weights(self.net, list(p.weights), report=True)
 
     def _init_test_nets(self) -> None:

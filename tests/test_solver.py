@@ -339,3 +339,21 @@ def test_debug_info_lines(reg, caplog):
     update = [m for m in msgs if m.startswith("    [Update] Layer ip, param 0 data: ")]
     assert len(update) == 1  # display iterations only (iteration 0 of 0, 1)
     assert float(update[0].split("data: ")[1].split(";")[0]) != pytest.approx(w)  # step 2 moved
+
+
+def test_a_train_net_without_loss_is_warned_about(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.prototxt").write_text(
+        "name: 'noloss' layer { name: 'd' type: 'DummyData' top: 'x' dummy_data_param { shape "
+        "{ dim: 4 dim: 3 } } } layer { name: 'ip' type: 'InnerProduct' bottom: 'x' top: 'y' "
+        "inner_product_param { num_output: 2 } }")
+    (tmp_path / "solver.prototxt").write_text(
+        "net: 'net.prototxt' base_lr: 0.1 lr_policy: 'fixed' max_iter: 1")
+    with caplog.at_level("WARNING", logger="minicaffe"):
+        get_solver("solver.prototxt")
+    assert any("the train net 'noloss' has no loss" in m for m in messages(caplog))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="minicaffe"):
+        write_regression(tmp_path)
+        get_solver("solver.prototxt")
+    assert not any("has no loss" in m for m in messages(caplog))
