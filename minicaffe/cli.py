@@ -81,6 +81,34 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, except that flags the command does not know are reported
+    by the command's own parser (its usage, not the tool's) with the closest known flag."""
+    import difflib
+
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    sub = None
+    if args.command:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        sub = action.choices.get(args.command)
+    target = sub or parser
+    known = [o for a in target._actions for o in a.option_strings]
+    hints = {}
+    for arg in extra:
+        flag = arg.split("=", 1)[0]
+        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
+        if flag.startswith("-") and close:
+            hints[flag] = f"did you mean {close[0]}?"
+    message = f"unrecognized arguments: {' '.join(extra)}"
+    if len(hints) == 1 and len(extra) == 1:
+        message += f" ({next(iter(hints.values()))})"
+    elif hints:
+        message += f" ({'; '.join(f'{k}: {v}' for k, v in hints.items())})"
+    target.error(message)
+
+
 def main(argv: list[str] | None = None) -> int:
     from minicaffe.errors import MinicaffeError
 
@@ -96,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             argv = moved + argv[: at + 1] + [
                 a for a in argv[at + 1 :] if a not in _GLOBAL_FLAGS]
     parser = build_parser(command if command in COMMANDS else None)
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if args.version:
         from minicaffe import __version__
 

@@ -117,3 +117,23 @@ def test_an_input_too_large_for_memory_is_one_error_line(tmp_path, capsys):
     assert main(["time", str(net), "--iterations", "1"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "blob 'x' of shape (1048576, 1048576, 1024) needs" in err
+
+
+def test_unknown_flags_get_the_commands_usage_and_the_closest_flag(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--solverr", "s.prototxt"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: minicaffe train")
+    assert err.rstrip().endswith(
+        "minicaffe train: error: unrecognized arguments: --solverr (did you mean --solver?)")
+    with pytest.raises(SystemExit):
+        main(["test", "--model", "m", "--weigths", "w", "--bogus"])
+    err = capsys.readouterr().err.rstrip().splitlines()[-1]
+    assert err == ("minicaffe test: error: unrecognized arguments: --weigths --bogus "
+                   "(--weigths: did you mean --weights?)")
+    with pytest.raises(SystemExit):
+        main(["--bogus"])
+    assert capsys.readouterr().err.rstrip().endswith("unrecognized arguments: --bogus")
