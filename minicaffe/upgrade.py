@@ -207,12 +207,17 @@ def _is_v0(net: caffe_pb2.NetParameter) -> bool:
     return any(entry.HasField("layer") for entry in net.layers)
 
 
-def _old_data_fields(layer: caffe_pb2.LayerParameter) -> list[str]:
+def _old_data_fields(layer: caffe_pb2.LayerParameter, legacy: bool = False) -> list[str]:
+    """The transform fields still set in the data layer's own parameter, to move into
+    transform_param. ``legacy``: the layer came from a V0/V1 net. WindowData reads its scale
+    from window_data_param (Caffe's layer never applies transform_param.scale), so there it
+    stays, except in V0/V1 nets, whose upgrade moves it as Caffe's does (where it is lost)."""
     param_name = _DATA_LAYERS.get(layer.type)
     if param_name is None or not layer.HasField(param_name):
         return []
     param = getattr(layer, param_name)
-    return [name for name in _TRANSFORM_FIELDS if param.HasField(name)]
+    keep = ("scale",) if layer.type == "WindowData" and not legacy else ()
+    return [name for name in _TRANSFORM_FIELDS if param.HasField(name) and name not in keep]
 
 
 def _is_old_batch_norm(layer: caffe_pb2.LayerParameter) -> bool:
@@ -262,11 +267,12 @@ def upgrade_net(
             "write every layer in one format",
             filename=source,
         )
+    legacy = _is_v0(out) or len(out.layers) > 0
     if _is_v0(out):
         _upgrade_v0(out, source, notes)
     if len(out.layers):
         _upgrade_v1(out, notes)
-    _upgrade_data_transform(out, source, notes)
+    _upgrade_data_transform(out, source, notes, legacy)
     _upgrade_inputs(out, source, notes)
     _upgrade_batch_norm(out, notes)
     return out, notes
@@ -425,9 +431,11 @@ def _move_transform_fields(
         param.ClearField(name)
 
 
-def _upgrade_data_transform(net: caffe_pb2.NetParameter, source: str, notes: list[str]) -> None:
+def _upgrade_data_transform(
+    net: caffe_pb2.NetParameter, source: str, notes: list[str], legacy: bool
+) -> None:
     for layer in net.layer:
-        fields = _old_data_fields(layer)
+        fields = _old_data_fields(layer, legacy)
         if not fields:
             continue
         param_name = _DATA_LAYERS[layer.type]

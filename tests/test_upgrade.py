@@ -418,6 +418,24 @@ def test_current_format_data_layer_with_old_fields_is_upgraded_too():
     assert len(notes) == 1
 
 
+def test_window_data_keeps_its_own_scale_in_the_current_format():
+    # Caffe's WindowData applies window_data_param.scale (never transform_param.scale), and its
+    # upgrade only touches V0/V1 nets: the scale of a current-format net stays where it is read
+    current = (
+        'layer { name: "w" type: "WindowData" top: "w" window_data_param { source: "win" '
+        "scale: 0.5 } }"
+    )
+    assert not net_needs_upgrade(net_from(current))
+    (w,) = upgraded(current)[0].layer
+    assert w.window_data_param.scale == 0.5 and not w.transform_param.HasField("scale")
+    # a V1 net's scale moves as Caffe moves it (where the layer then ignores it)
+    (w,) = upgraded(
+        'layers { name: "w" type: WINDOW_DATA top: "w" window_data_param { source: "win" '
+        "scale: 0.5 } }"
+    )[0].layer
+    assert w.transform_param.scale == 0.5 and not w.window_data_param.HasField("scale")
+
+
 def test_conflicting_old_and_new_transform_fields_are_an_error():
     with pytest.raises(UpgradeError, match="scale"):
         upgraded(
