@@ -67,9 +67,10 @@ def resize_linear(chw: np.ndarray, height: int, width: int) -> np.ndarray:
     c, h, w = img.shape
     if (height, width) == (h, w):
         return img.copy()
-    a = img.astype(np.int32)
     if (h, w) == (2 * height, 2 * width):
-        s = a[:, 0::2, 0::2] + a[:, 1::2, 0::2] + a[:, 0::2, 1::2] + a[:, 1::2, 1::2]
+        s = img[:, 0::2, 0::2].astype(np.int32)
+        for part in (img[:, 1::2, 0::2], img[:, 0::2, 1::2], img[:, 1::2, 1::2]):
+            s += part
         return ((s + 2) >> 2).astype(np.uint8)
     # horizontal taps: a tap left of the image or on/after its last column reads that edge
     # column with full weight
@@ -84,12 +85,22 @@ def resize_linear(chw: np.ndarray, height: int, width: int) -> np.ndarray:
     by = _fixed_weights(fy)[:, :, None]
 
     def across(rows):  # the horizontal pass (values scaled by 2048) of the given source rows
-        r = a[:, rows]
-        return r[:, :, sx] * ax[0] + r[:, :, sx1] * ax[1]
+        r = img[:, rows]
+        t = r[:, :, sx] * ax[0]
+        t += r[:, :, sx1] * ax[1]
+        t >>= 4
+        return t
 
-    top, bottom = across(np.clip(sy, 0, h - 1)), across(np.clip(sy + 1, 0, h - 1))
-    out = (((by[0] * (top >> 4)) >> 16) + ((by[1] * (bottom >> 4)) >> 16) + 2) >> 2
-    return out.astype(np.uint8)
+    top = across(np.clip(sy, 0, h - 1))
+    top *= by[0]
+    top >>= 16
+    bottom = across(np.clip(sy + 1, 0, h - 1))
+    bottom *= by[1]
+    bottom >>= 16
+    top += bottom
+    top += 2
+    top >>= 2
+    return top.astype(np.uint8)
 
 
 def shown_path(path) -> str:
