@@ -44,8 +44,10 @@ def not_lmdb(path: str) -> str | None:
     except OSError:
         empty = False
     what = "an empty folder" if empty else "a folder without data.mdb"
-    return (f"is {what}, not an LMDB (an LMDB folder holds data.mdb and lock.mdb, as "
-            "convert-imageset writes them)")
+    return (
+        f"is {what}, not an LMDB (an LMDB folder holds data.mdb and lock.mdb, as "
+        "convert-imageset writes them)"
+    )
 
 
 def check_lmdb(path: str, prefix: str = "") -> None:
@@ -117,7 +119,9 @@ class DataLayer(BaseDataLayer):
     [0, rand_skip)), prefetch = 4 (batches prepared ahead), force_encoded_color = false (decode
     encoded images in colour). transform_param as in :class:`DataTransformer` (encoded images
     obey force_color / force_gray). Tops: data (batch_size, C, H', W') and optional label
-    (batch_size,). Every record must have the size of the first one. The walk wraps to the first
+    (batch_size,). Without crop_size every record of a batch must have the size of the batch's
+    first one; with crop_size records may differ in height and width (each is cropped at its own
+    size, as in Caffe; a mean_file still needs the records' full size). The walk wraps to the first
     record after the last (no shuffling, as in Caffe).
     """
 
@@ -177,18 +181,35 @@ class DataLayer(BaseDataLayer):
         label = slot_array(slot, "label", (len(records),), self.dtype)
         items = self._read_many(records, label)
         shape = items[0].shape
+        crop = self.transformer.crop_size
+        mixed = False
         for r, item in zip(records, items):
-            if item.shape != shape:
+            if item.shape == shape:
+                continue
+            if not crop or item.shape[0] != shape[0]:
                 raise DataError(
                     f"{self._where(r)}: Datum is {item.shape} (C, H, W) but the "
                     f"batch's first record is {shape}; all records must have one "
-                    "size (convert-imageset --resize_height/--resize_width)"
+                    + (
+                        "number of channels"
+                        if crop
+                        else "size (convert-imageset --resize_height/--resize_width, or "
+                        "transform_param crop_size)"
+                    )
                 )
-        dtype = np.uint8 if all(it.dtype == np.uint8 for it in items) else np.float32
-        raw = slot_array(slot, "raw", (len(items), *shape), dtype)
-        np.stack(items, out=raw, casting="unsafe")
+            try:  # Caffe crops every Datum at its own size: only the crop must fit
+                self.transformer.output_shape(*item.shape)
+            except DataError as exc:
+                raise DataError(f"{self._where(r)}: {exc}") from None
+            mixed = True
         data = slot_array(
             slot, "data", (len(items), *self.transformer.output_shape(*shape)), self.dtype
         )
+        if mixed:
+            self.transformer.transform_items(items, rng, out=data)
+            return [data, label]
+        dtype = np.uint8 if all(it.dtype == np.uint8 for it in items) else np.float32
+        raw = slot_array(slot, "raw", (len(items), *shape), dtype)
+        np.stack(items, out=raw, casting="unsafe")
         self.transformer(raw, rng, out=data)
         return [data, label]

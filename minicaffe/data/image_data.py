@@ -72,8 +72,10 @@ class ImageDataLayer(BaseDataLayer):
     epoch), rand_skip = 0 (start at a random line in [0, rand_skip)), new_height = new_width = 0
     (resize when both > 0), is_color = true (3 channels BGR, else 1 grey channel; transform_param
     force_color / force_gray override it). transform_param as in :class:`DataTransformer`.
-    Tops: data (batch_size, C, H', W'), optional label (batch_size,). All images of a batch must
-    have the same size (use new_height/new_width for mixed sizes).
+    Tops: data (batch_size, C, H', W'), optional label (batch_size,). Without crop_size all
+    images of a batch must have the same size (use new_height/new_width for mixed sizes); with
+    crop_size each image is cropped at its own size, as in Caffe (each must be at least
+    crop_size high and wide).
     """
 
     max_top_blobs = 2
@@ -130,22 +132,38 @@ class ImageDataLayer(BaseDataLayer):
     def load_batch(self, records, rng, slot):
         images = [self._read(int(r)) for r in records]  # file I/O: one call per image
         shape = images[0].shape
+        crop = self.transformer.crop_size
+        mixed = False
         for r, img in zip(records, images):
-            if img.shape != shape:
-                name, _, line = self._entries[int(r)]
+            if img.shape == shape:
+                continue
+            name, _, line = self._entries[int(r)]
+            if not crop or img.shape[0] != shape[0]:
                 raise self.error(
                     f"image '{self._root + name}' ('{self._source}' line {line}) "
                     f"is {img.shape[1]}x{img.shape[2]}x{img.shape[0]} (HxWxC) but "
                     f"the batch's first image is {shape[1]}x{shape[2]}x{shape[0]}; "
-                    "set new_height and new_width to resize",
+                    "set new_height and new_width to resize"
+                    + ("" if crop else " (or transform_param crop_size to crop)"),
                     DataError,
                 )
-        raw = slot_array(slot, "raw", (len(images), *shape), np.uint8)
-        np.stack(images, out=raw)
+            try:  # Caffe crops every image at its own size: only the crop must fit
+                self.transformer.output_shape(*img.shape)
+            except DataError as exc:
+                raise self.error(
+                    f"image '{self._root + name}' ('{self._source}' line {line}): {exc}",
+                    DataError,
+                ) from None
+            mixed = True
         data = slot_array(
             slot, "data", (len(images), *self.transformer.output_shape(*shape)), self.dtype
         )
-        self.transformer(raw, rng, out=data)
+        if mixed:
+            self.transformer.transform_items(images, rng, out=data)
+        else:
+            raw = slot_array(slot, "raw", (len(images), *shape), np.uint8)
+            np.stack(images, out=raw)
+            self.transformer(raw, rng, out=data)
         label = slot_array(slot, "label", (len(records),), self.dtype)
         np.take(self._labels, records, out=label)
         return [data, label]

@@ -14,6 +14,10 @@ the centre ((H - crop) / 2) in TEST); mean_file (a C x H x W .binaryproto of the
 or mean_value (1 value for every channel, or one per channel), not both; force_color /
 force_gray (decode encoded images as 3 / 1 channels), not both.
 
+With crop_size set, the items of one batch may differ in height and width (each at least
+crop_size; Caffe crops every Datum or image at its own size): :meth:`transform_items` crops them
+one by one. Without a crop they must all have one size.
+
 A batch is transformed at once (one gather for the crops, one flip of the mirrored items, one
 subtraction, one scaling); the random draws come from the generator passed in, so the data
 layer's walk stays reproducible.
@@ -142,4 +146,35 @@ class DataTransformer:
             out -= values[None, :, None, None]
         if self.scale != 1:
             out *= self.dtype.type(self.scale)
+        return out
+
+    def transform_items(
+        self, items: list, rng: np.random.Generator, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Transform a list of C x H x W items into ``out`` (N, C, H', W').
+
+        Items of one size are stacked and transformed as a batch; with ``crop_size`` set, items
+        of differing heights and widths (same channels) are cropped one by one, as Caffe does.
+        DataError when the sizes differ and there is no crop to bring them to one.
+        """
+        first = items[0].shape
+        if all(it.shape == first for it in items):
+            dtype = np.uint8 if all(it.dtype == np.uint8 for it in items) else self.dtype
+            raw = np.stack(items).astype(dtype, copy=False)
+            return self(raw, rng, out=out)
+        for i, it in enumerate(items):
+            if not self.crop_size or it.shape[0] != first[0]:
+                raise self._error(
+                    f"item {i} of the batch is {it.shape} (C, H, W) but item 0 is {first}; "
+                    + (
+                        "every item needs the same number of channels"
+                        if self.crop_size
+                        else "without crop_size every item must have the same size"
+                    )
+                )
+        shape = self.output_shape(*first)
+        if out is None:
+            out = np.empty((len(items), *shape), dtype=self.dtype)
+        for i, it in enumerate(items):
+            self(it[None], rng, out=out[i : i + 1])
         return out

@@ -119,3 +119,25 @@ def test_errors(db, tmp_path):
     layer.restore_data_state(caffe_pb2.DataLayerState(cursor=3))
     with pytest.raises(DataError, match="record 3 .*not a serialized Datum"):
         next_batch(layer, tops)
+
+
+def test_crop_takes_records_of_differing_sizes(tmp_path, monkeypatch):
+    # Caffe crops every Datum at its own size; only the channels and the crop must fit.
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(3)
+    imgs = [rng.integers(0, 256, s).astype(np.uint8) for s in ((3, 6, 5), (3, 9, 7), (3, 5, 5))]
+    _write_db(
+        tmp_path / "db", [array_to_datum(im, i).SerializeToString() for i, im in enumerate(imgs)]
+    )
+    layer, tops = build_data_layer(
+        _text(batch=3, transform="crop_size: 5 mean_value: 10"), prefetch=0, phase=caffe_pb2.TEST
+    )
+    x, y = next_batch(layer, tops)
+    assert x.shape == (3, 3, 5, 5)
+    for item, im in zip(x, imgs):
+        h0, w0 = (im.shape[1] - 5) // 2, (im.shape[2] - 5) // 2
+        np.testing.assert_array_equal(item, im[:, h0 : h0 + 5, w0 : w0 + 5] - 10.0)
+    np.testing.assert_array_equal(y, [0, 1, 2])
+    layer, tops = build_data_layer(_text(batch=3), prefetch=0)
+    with pytest.raises(DataError, match="record 1 .*Datum is \\(3, 9, 7\\).*crop_size"):
+        next_batch(layer, tops)

@@ -129,3 +129,32 @@ def test_list_names_need_not_be_utf8_and_labels_fit_int32(images, tmp_path):
     (tmp_path / "list.txt").write_bytes(name + b" 99999999999\n")
     with pytest.raises(DataError, match="line 1: label 99999999999 does not fit"):
         build_data_layer(_text(batch=1))
+
+
+@pytest.mark.parametrize("phase", [caffe_pb2.TRAIN, caffe_pb2.TEST])
+def test_crop_takes_images_of_differing_sizes(images, tmp_path, phase):
+    # Caffe crops every image at its own size: only the crop has to fit each one.
+    big = np.random.default_rng(5).integers(0, 256, (9, 8, 3)).astype(np.uint8)
+    Image.fromarray(big).save(tmp_path / "img" / "big.png")
+    (tmp_path / "list.txt").write_text("pic 0.png 0\nbig.png 1\n")
+    layer, tops = build_data_layer(
+        _text(batch=2, transform="crop_size: 4 scale: 2"), prefetch=0, phase=phase
+    )
+    x, y = next_batch(layer, tops)
+    assert x.shape == (2, 3, 4, 4)
+    np.testing.assert_array_equal(y, [0, 1])
+    big_bgr = big[..., ::-1].transpose(2, 0, 1)
+    for item, src in ((x[0], images[0]), (x[1], big_bgr)):
+        windows = np.lib.stride_tricks.sliding_window_view(src, (4, 4), axis=(1, 2))
+        if phase == caffe_pb2.TEST:
+            h0, w0 = (src.shape[1] - 4) // 2, (src.shape[2] - 4) // 2
+            np.testing.assert_array_equal(item, windows[:, h0, w0] * 2.0)
+        else:
+            found = (windows.transpose(1, 2, 0, 3, 4) * 2.0 == item).all(axis=(2, 3, 4))
+            assert found.any()
+    # an image smaller than the crop, or without a crop, is an error naming the line
+    Image.fromarray(big[:3]).save(tmp_path / "img" / "small.png")
+    (tmp_path / "list.txt").write_text("pic 0.png 0\nsmall.png 1\n")
+    layer, tops = build_data_layer(_text(batch=2, transform="crop_size: 4"), prefetch=0)
+    with pytest.raises(DataError, match="'img/small.png' \\('list.txt' line 2\\).*crop_size 4"):
+        next_batch(layer, tops)
