@@ -1124,9 +1124,12 @@ def _write_solverstate_h5(path: str, state, history) -> None:
     h5py = _h5py()
     bio = io.BytesIO()
     with h5py.File(bio, "w") as f:
-        f.create_dataset("iter", data=np.int32(state.iter))
-        f.create_dataset("learned_net", data=np.bytes_(state.learned_net.encode()))
-        f.create_dataset("current_step", data=np.int32(state.current_step))
+        # Caffe's layout (hdf5_save_int / hdf5_save_string): the ints as 1-element arrays, the
+        # path as a NUL-terminated fixed-length string, which Caffe's reader needs (it copies
+        # the dataset into a buffer of its size and reads up to the first NUL).
+        f.create_dataset("iter", data=np.array([state.iter], dtype=np.int32))
+        _write_c_string(f, "learned_net", state.learned_net.encode())
+        f.create_dataset("current_step", data=np.array([state.current_step], dtype=np.int32))
         g = f.create_group("history")
         for i, h in enumerate(history):
             g.create_dataset(str(i), data=np.asarray(h))
@@ -1139,16 +1142,38 @@ def _write_solverstate_h5(path: str, state, history) -> None:
     atomic_write_bytes(path, bio.getvalue())
 
 
+def _write_c_string(f, name: str, value: bytes) -> None:
+    """A scalar dataset of a fixed-length NUL-terminated string (H5LTmake_dataset_string)."""
+    h5py = _h5py()
+    tid = h5py.h5t.C_S1.copy()
+    tid.set_size(len(value) + 1)
+    tid.set_strpad(h5py.h5t.STR_NULLTERM)
+    space = h5py.h5s.create(h5py.h5s.SCALAR)
+    dset = h5py.h5d.create(f.id, name.encode(), tid, space)
+    dset.write(h5py.h5s.ALL, h5py.h5s.ALL, np.array(value + b"\0", dtype=f"S{len(value) + 1}"))
+
+
+def _h5_int(dset) -> int:
+    """An int dataset as Caffe's hdf5_load_int reads it: its first element (Caffe writes a
+    1-element array; older minicaffe versions wrote a scalar)."""
+    arr = np.asarray(dset[()])
+    if arr.size < 1:
+        raise ValueError(f"dataset {dset.name} is empty")
+    return int(arr.reshape(-1)[0])
+
+
 def _read_solverstate_h5(path: str):
     h5py = _h5py()
     state = caffe_pb2.SolverState()
     try:
         with h5py.File(path, "r") as f:
-            state.iter = int(np.asarray(f["iter"]))
+            state.iter = _h5_int(f["iter"])
             learned = f["learned_net"][()] if "learned_net" in f else b""
-            state.learned_net = learned.decode() if isinstance(learned, bytes) else str(learned)
+            if isinstance(learned, bytes):
+                learned = learned.split(b"\0", 1)[0].decode()
+            state.learned_net = str(learned)
             if "current_step" in f:
-                state.current_step = int(np.asarray(f["current_step"]))
+                state.current_step = _h5_int(f["current_step"])
             group = f["history"] if "history" in f else {}
             history = [np.asarray(group[k], dtype=np.float32) for k in sorted(group, key=int)]
             if "minicaffe_data_state" in f:

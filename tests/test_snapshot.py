@@ -82,7 +82,8 @@ def test_hdf5_snapshot_layout(tmp_path, monkeypatch):
         np.testing.assert_array_equal(f["data/ip/0"][()], s.net.params["ip"][0].data)
         assert "diff" in f and f["diff/ip/1"].shape == (2,)
     with h5py.File("solver_iter_2.solverstate.h5", "r") as f:
-        assert int(f["iter"][()]) == 2 and f["learned_net"][()] == b"solver_iter_2.caffemodel.h5"
+        assert f["iter"][()].tolist() == [2] and f["current_step"].shape == (1,)
+        assert f["learned_net"][()] == b"solver_iter_2.caffemodel.h5"
         assert sorted(f["history"]) == ["0", "1"]
     model = read_caffemodel("solver_iter_2.caffemodel.h5")
     np.testing.assert_array_equal(model.arrays_by_layer()["ip"][1], s.net.params["ip"][1].data)

@@ -1,0 +1,94 @@
+"""Solver behaviours checked against Caffe's source during a review: file layouts Caffe writes
+and reads, and loop details that the other solver tests do not pin down."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minicaffe.solver import get_solver
+from tests.test_solver_helpers import write_regression
+
+
+def _write_caffe_h5_state(path, iteration, learned_net, history, current_step=0):
+    """A .solverstate.h5 laid out as Caffe's SnapshotSolverStateToHDF5 writes it: iter and
+    current_step as 1-element int arrays (hdf5_save_int), learned_net a NUL-terminated
+    fixed-length string (H5LTmake_dataset_string), history/0..N-1."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.create_dataset("iter", data=np.array([iteration], np.int32))
+        name = learned_net.encode()
+        tid = h5py.h5t.C_S1.copy()
+        tid.set_size(len(name) + 1)
+        tid.set_strpad(h5py.h5t.STR_NULLTERM)
+        ds = h5py.h5d.create(f.id, b"learned_net", tid, h5py.h5s.create(h5py.h5s.SCALAR))
+        ds.write(h5py.h5s.ALL, h5py.h5s.ALL, np.array(name + b"\0", dtype=f"S{len(name) + 1}"))
+        f.create_dataset("current_step", data=np.array([current_step], np.int32))
+        g = f.create_group("history")
+        for i, h in enumerate(history):
+            g.create_dataset(str(i), data=np.asarray(h, np.float32))
+
+
+def test_a_caffe_hdf5_solverstate_restores(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_regression(
+        tmp_path, solver_extra='snapshot_format: HDF5\ntype: "Adam"\nmomentum2: 0.999\n'
+    )
+    s = get_solver("solver.prototxt")
+    s.step(3)
+    s.snapshot()
+    history = [np.asarray(h) for h in s.history]
+    _write_caffe_h5_state("caffe.solverstate.h5", 3, "solver_iter_3.caffemodel.h5", history, 2)
+    fresh = get_solver("solver.prototxt")
+    fresh.restore("caffe.solverstate.h5")
+    assert (fresh.iter, fresh.current_step) == (3, 2)
+    for a, b in zip(fresh.history, history):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(fresh.net.params["ip"][0].data, s.net.params["ip"][0].data)
+
+
+def test_hdf5_solverstate_is_laid_out_as_caffe_writes_it(tmp_path, monkeypatch):
+    """Caffe's reader (hdf5_load_string) copies learned_net into a buffer of the dataset's size
+    and reads it as a C string, so the name must carry its NUL; the ints are 1-element arrays."""
+    import h5py
+
+    monkeypatch.chdir(tmp_path)
+    write_regression(tmp_path, solver_extra="snapshot_format: HDF5\n")
+    s = get_solver("solver.prototxt")
+    s.step(2)
+    path = s.snapshot()
+    with h5py.File(path, "r") as f:
+        for name in ("iter", "current_step"):
+            assert f[name].shape == (1,) and f[name].dtype == np.int32
+        tid = f["learned_net"].id.get_type()
+        assert f["learned_net"].shape == ()
+        assert tid.get_strpad() == h5py.h5t.STR_NULLTERM
+        assert tid.get_size() == len("solver_iter_2.caffemodel.h5") + 1
+        raw = np.empty((), dtype=f"S{tid.get_size()}")
+        f["learned_net"].id.read(h5py.h5s.ALL, h5py.h5s.ALL, raw)
+        assert raw.tobytes() == b"solver_iter_2.caffemodel.h5\0"
+    fresh = get_solver("solver.prototxt")
+    fresh.restore(path)
+    assert fresh.iter == 2
+
+
+def test_scalar_int_hdf5_solverstate_still_restores(tmp_path, monkeypatch):
+    """States written by earlier minicaffe versions (scalar ints, no NUL) keep working."""
+    import h5py
+
+    monkeypatch.chdir(tmp_path)
+    write_regression(tmp_path, solver_extra="snapshot_format: HDF5\n")
+    s = get_solver("solver.prototxt")
+    s.step(2)
+    path = s.snapshot()
+    with h5py.File(path, "r+") as f:
+        for name in ("iter", "current_step", "learned_net"):
+            value = f[name][()]
+            del f[name]
+            if name == "learned_net":
+                f.create_dataset(name, data=np.bytes_(value))
+            else:
+                f.create_dataset(name, data=np.int32(value[0]))
+    fresh = get_solver("solver.prototxt")
+    fresh.restore(path)
+    assert fresh.iter == 2
