@@ -11,6 +11,11 @@ from minicaffe.layer import Layer
 from minicaffe.registry import register_layer
 
 
+def _legacy_4d(a: np.ndarray) -> np.ndarray:
+    """``a`` reshaped to Caffe's legacy (num, channels, height, width) when it has <= 4 axes."""
+    return a.reshape(a.shape + (1,) * (4 - a.ndim)) if a.ndim < 4 else a
+
+
 @register_layer("HDF5Output")
 class HDF5OutputLayer(Layer):
     """Saves bottom 0 as dataset ``data`` and bottom 1 as dataset ``label`` of ``file_name``.
@@ -19,6 +24,9 @@ class HDF5OutputLayer(Layer):
     Bottoms: data (N, ...) and label (N, ...). No tops. Each forward appends its N rows to both
     datasets (Caffe writes the datasets once, so a second forward fails there; here the rows
     accumulate), and flushes the file so it is readable while the net runs. Runs on the host.
+    Rows are stored with Caffe's legacy 4-D shape, as Caffe writes them: a bottom of shape
+    (N,) is saved as (N, 1, 1, 1) and (N, C) as (N, C, 1, 1); bottoms of more than 4 axes (which
+    Caffe cannot save) keep their shape.
     """
 
     exact_num_bottom_blobs = 2
@@ -48,7 +56,7 @@ class HDF5OutputLayer(Layer):
             )
 
     def forward(self, bottom, top):
-        arrays = [np.asarray(b.data, dtype=np.float32) for b in bottom]
+        arrays = [_legacy_4d(np.asarray(b.data, dtype=np.float32)) for b in bottom]
         if self._datasets is None:
             self._datasets = [
                 self._file.create_dataset(

@@ -22,8 +22,9 @@ def test_writes_and_appends(tmp_path):
         layer.reshape(bottom, top)
         layer.forward(bottom, top)
     with h5py.File(path, "r") as f:  # readable while the layer still holds the file
-        np.testing.assert_array_equal(f["data"][...], np.concatenate([x, x]))
-        np.testing.assert_array_equal(f["label"][...], np.concatenate([y, y]))
+        # Caffe saves the bottoms with their legacy 4-D shapes: (2, 3, 2) -> (2, 3, 2, 1)
+        np.testing.assert_array_equal(f["data"][...], np.concatenate([x, x])[..., None])
+        np.testing.assert_array_equal(f["label"][...], np.concatenate([y, y])[:, None, None, None])
         assert f["data"].dtype == np.float32
     layer.close()
 
