@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 
@@ -12,6 +13,8 @@ from minicaffe.data.image_io import read_image, shown_path
 from minicaffe.data.transformer import DataTransformer
 from minicaffe.errors import DataError
 from minicaffe.registry import register_layer
+
+log = logging.getLogger("minicaffe")
 
 _LABEL = re.compile(rb"[+-]?[0-9]+")
 _INT32 = (-(2**31), 2**31 - 1)
@@ -71,7 +74,8 @@ class ImageDataLayer(BaseDataLayer):
     root_folder = "" (prefixed to every path), batch_size = 1, shuffle = false (reshuffled every
     epoch), rand_skip = 0 (start at a random line in [0, rand_skip)), new_height = new_width = 0
     (resize when both > 0), is_color = true (3 channels BGR, else 1 grey channel; transform_param
-    force_color / force_gray override it). transform_param as in :class:`DataTransformer`.
+    force_color / force_gray are ignored with a warning, as Caffe ignores them here).
+    transform_param as in :class:`DataTransformer`.
     Tops: data (batch_size, C, H', W'), optional label (batch_size,). Without crop_size all
     images of a batch must have the same size (use new_height/new_width for mixed sizes); with
     crop_size each image is cropped at its own size, as in Caffe (each must be at least
@@ -98,8 +102,14 @@ class ImageDataLayer(BaseDataLayer):
         self.transformer = DataTransformer(
             self.layer_param.transform_param, self.phase, where=self.where(), dtype=self.dtype
         )
-        color = self.transformer.color
-        self._color = bool(p.is_color) if color is None else color
+        if self.transformer.color is not None:
+            # Caffe's ImageData reads with is_color only; force_* apply to encoded Datums
+            log.warning(
+                "%s: transform_param force_color / force_gray apply to encoded Datums only; "
+                "ImageData ignores them, as in Caffe (set image_data_param is_color instead)",
+                self.where(),
+            )
+        self._color = bool(p.is_color)
         self._size = (int(p.new_height), int(p.new_width))
         self.batch_size = int(p.batch_size)
         self.shuffle = bool(p.shuffle)

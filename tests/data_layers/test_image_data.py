@@ -158,3 +158,15 @@ def test_crop_takes_images_of_differing_sizes(images, tmp_path, phase):
     layer, tops = build_data_layer(_text(batch=2, transform="crop_size: 4"), prefetch=0)
     with pytest.raises(DataError, match="'img/small.png' \\('list.txt' line 2\\).*crop_size 4"):
         next_batch(layer, tops)
+
+
+def test_force_gray_does_not_override_is_color(images, caplog):
+    # Caffe's ImageData decodes with image_data_param.is_color; force_color / force_gray of
+    # transform_param only apply to encoded Datums (Data layer), so here they are ignored.
+    with caplog.at_level("WARNING", logger="minicaffe"):
+        layer, tops = build_data_layer(_text(transform="force_gray: true"), prefetch=0)
+    assert "ImageData ignores them" in caplog.text
+    x, _ = next_batch(layer, tops)
+    np.testing.assert_array_equal(x, images[:3])
+    layer, tops = build_data_layer(_text("is_color: false", transform="force_color: true"))
+    assert tops[0].shape == (3, 1, 5, 6)
