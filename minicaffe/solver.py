@@ -764,16 +764,8 @@ class Solver:
 
         p = self.param
         params = self.net.learnable_params
-        scale = updates.clip_scale([b.diff for b in params], p.clip_gradients)
-        if p.clip_gradients >= 0 and p.display and self.iter % p.display == 0:
-            factor = float(scale)  # read only on display iterations (a host sync)
-            if factor < 1:
-                log.info(
-                    "Gradient clipping: scaling down gradients by scale factor %s "
-                    "(clip_gradients %s)",
-                    _fmt(factor),
-                    _fmt(p.clip_gradients),
-                )
+        clip = updates.clip_scale([b.diff for b in params], p.clip_gradients)
+        scale = clip
         if p.iter_size > 1:
             scale = scale * float(np.float32(1.0 / p.iter_size))
         for pid in range(len(params)):
@@ -781,6 +773,12 @@ class Solver:
                 np.float32(p.weight_decay) * np.float32(self.net.params_weight_decay[pid])
             )
             self.fused_update(pick, pid, self.local_rate(pid, rate), decay, scale)
+        if p.clip_gradients >= 0:
+            # Caffe's line, on every iteration that clips. The factor is read after the updates
+            # are queued, so the host waits once, at the end of the step.
+            factor = float(clip)
+            if factor < 1:
+                self._log_clipping(float(p.clip_gradients) / factor, factor)
 
     def fused_update(self, pick, pid: int, lr: float, decay: float, scale) -> None:
         """Call the rule's fused kernel ``pick("<rule>_update")`` for learnable param ``pid``."""
@@ -798,14 +796,17 @@ class Solver:
         norm = float(np.sqrt(np.float32(float(sumsq))))
         if norm > clip:
             scale = float(np.float32(clip / norm))
-            log.info(
-                "Gradient clipping: scaling down gradients (L2 norm %s > %s) by scale factor %s",
-                _fmt(norm),
-                _fmt(clip),
-                _fmt(scale),
-            )
+            self._log_clipping(norm, scale)
             for blob in params:
                 blob.diff[...] *= scale
+
+    def _log_clipping(self, norm: float, scale: float) -> None:
+        log.info(
+            "Gradient clipping: scaling down gradients (L2 norm %s > %s) by scale factor %s",
+            _fmt(norm),
+            _fmt(self.param.clip_gradients),
+            _fmt(scale),
+        )
 
     def normalize(self, pid: int) -> None:
         if self.param.iter_size > 1:

@@ -92,3 +92,27 @@ def test_scalar_int_hdf5_solverstate_still_restores(tmp_path, monkeypatch):
     fresh = get_solver("solver.prototxt")
     fresh.restore(path)
     assert fresh.iter == 2
+
+
+def test_the_fused_update_logs_clipping_as_caffe_does(caplog):
+    """Caffe logs its clipping line on every iteration that clips (display or not); the fused
+    (GPU) update path, run here through its CPU reference twin, says the same as the CPU path."""
+    from tests.test_solver_rules import make
+
+    lines = []
+    for fused in (False, True):
+        s = make("SGD", clip_gradients=0.1, display=0)
+        s._fused_reference = fused
+        caplog.clear()
+        with caplog.at_level("INFO", logger="minicaffe.solver"):
+            for _ in range(2):
+                for b in s.net.learnable_params:
+                    b.diff[...] = 1.0
+                s.apply_update()
+                s.iter += 1
+        got = [r.getMessage() for r in caplog.records if "Gradient clipping" in r.getMessage()]
+        assert len(got) == 2
+        lines.append(got)
+    assert lines[0] == lines[1]
+    assert lines[0][0].startswith("Gradient clipping: scaling down gradients (L2 norm ")
+    assert " > 0.1) by scale factor " in lines[0][0]
