@@ -393,7 +393,10 @@ class Solver:
         state.MergeFrom(net_param.state)
         state.MergeFrom(p.train_state)
         net_param.state.CopyFrom(state)
-        log.info("Creating training net from %s", field)
+        if field.endswith("_param"):  # Caffe's wording, for logs compared side by side
+            log.info("Creating training net specified in %s.", field)
+        else:
+            log.info("Creating training net from %s file: %s", field, getattr(p, field))
         self.net = self._make_net(net_param, "train net")
         if self.net.learnable_params and not self.net.has_loss:
             log.warning(
@@ -430,15 +433,15 @@ class Solver:
                 f"received {p.test_interval}"
             )
         sources = []
-        for i, net in enumerate(p.test_net_param):
-            sources.append((f"test_net_param #{i}", lambda net=net: net))
+        for net in p.test_net_param:
+            sources.append(("test_net_param", lambda net=net: net))
         for path in p.test_net:
-            sources.append((f"test_net {path!r}", lambda path=path: self._read_net(path)))
+            sources.append((f"test_net file: {path}", lambda path=path: self._read_net(path)))
         for _ in range(n_generic):
             if p.HasField("net_param"):
                 sources.append(("net_param", lambda: p.net_param))
             else:
-                sources.append((f"net {p.net!r}", lambda: self._read_net(p.net)))
+                sources.append((f"net file: {p.net}", lambda: self._read_net(p.net)))
         self.test_nets = []
         for i, (what, get) in enumerate(sources):
             net_param = caffe_pb2.NetParameter()

@@ -116,3 +116,16 @@ def test_the_fused_update_logs_clipping_as_caffe_does(caplog):
     assert lines[0] == lines[1]
     assert lines[0][0].startswith("Gradient clipping: scaling down gradients (L2 norm ")
     assert " > 0.1) by scale factor " in lines[0][0]
+
+
+def test_net_creation_lines_use_caffe_wording(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    write_regression(tmp_path, solver_extra="test_iter: 1\ntest_iter: 1\ntest_interval: 5\n")
+    with caplog.at_level("INFO", logger="minicaffe.solver"):
+        get_solver("solver.prototxt")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Creating")]
+    assert lines == [
+        "Creating training net from net file: net.prototxt",
+        "Creating test net (#0) specified by net file: net.prototxt",
+        "Creating test net (#1) specified by net file: net.prototxt",
+    ]
