@@ -776,9 +776,10 @@ class Solver:
                 np.float32(p.weight_decay) * np.float32(self.net.params_weight_decay[pid])
             )
             self.fused_update(pick, pid, self.local_rate(pid, rate), decay, scale)
-        if p.clip_gradients >= 0:
-            # Caffe's line, on every iteration that clips. The factor is read after the updates
-            # are queued, so the host waits once, at the end of the step.
+        if p.clip_gradients >= 0 and p.display and self.iter % p.display == 0:
+            # Caffe's line, but only on display iterations (Caffe: every clipped iteration):
+            # reading the factor is a host sync, which the update otherwise avoids
+            # (docs/gpu.md). It is read after the updates are queued.
             factor = float(clip)
             if factor < 1:
                 self._log_clipping(float(p.clip_gradients) / factor, factor)
