@@ -20,6 +20,23 @@ _LABEL = re.compile(rb"[+-]?[0-9]+")
 _INT32 = (-(2**31), 2**31 - 1)
 
 
+def read_source_file(path: str, what: str, where: str | None = None) -> bytes:
+    """The bytes of a data layer's source file (``what``: "list file", "window file"), or a
+    DataError naming it (``where`` in front, e.g. the layer)."""
+    prefix = f"{where}: " if where else ""
+    shown = shown_path(path)
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise DataError(
+            f"{prefix}{what} '{shown}' not found (relative paths are resolved against the "
+            f"current directory, {os.getcwd()})"
+        ) from None
+    except OSError as exc:
+        raise DataError(f"{prefix}cannot read {what} '{shown}': {exc.strerror or exc}") from None
+
+
 def parse_image_list(path: str, where: str | None = None) -> list[tuple[str, int, int]]:
     """(file name, label, line number) for each non-blank line ``<file name> <label>`` of the
     list file ``path``, split at the line's LAST space (names may hold spaces), as Caffe's
@@ -32,16 +49,7 @@ def parse_image_list(path: str, where: str | None = None) -> list[tuple[str, int
     """
     prefix = f"{where}: " if where else ""
     shown = shown_path(path)
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except FileNotFoundError:
-        raise DataError(
-            f"{prefix}list file '{shown}' not found (relative paths are resolved against the "
-            f"current directory, {os.getcwd()})"
-        ) from None
-    except OSError as exc:
-        raise DataError(f"{prefix}cannot read list file '{shown}': {exc.strerror or exc}") from None
+    raw = read_source_file(path, "list file", where)
     if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark is no part of a name
         raw = raw[3:]
     entries = []

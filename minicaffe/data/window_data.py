@@ -60,6 +60,7 @@ import warnings
 import numpy as np
 
 from minicaffe.data.base import BaseDataLayer, slot_array
+from minicaffe.data.image_data import read_source_file
 from minicaffe.data.image_io import read_image, resize_linear, shown_path
 from minicaffe.data.transformer import DataTransformer
 from minicaffe.errors import DataError
@@ -88,18 +89,7 @@ class WindowFile:
         self.path = path
         self.shown = shown_path(path)
         self._prefix = f"{where}: " if where else ""
-        try:
-            with open(path, "rb") as fh:
-                raw = fh.read()
-        except FileNotFoundError:
-            raise DataError(
-                f"{self._prefix}window file '{self.shown}' not found (relative paths are "
-                f"resolved against the current directory, {os.getcwd()})"
-            ) from None
-        except OSError as exc:
-            raise DataError(
-                f"{self._prefix}cannot read window file '{self.shown}': {exc.strerror or exc}"
-            ) from None
+        raw = read_source_file(path, "window file", where)
         self._raw = raw
         self._newlines = np.flatnonzero(np.frombuffer(raw, dtype=np.uint8) == 10)
         self.images: list[tuple[str, int]] = []
