@@ -347,6 +347,14 @@ class Solver:
     def check_solver_params(self) -> None:
         """Rule-specific checks (overridden by the solver classes)."""
 
+    def _refuse_momentum(self, rule: str) -> None:
+        """The check of the rules that have no momentum term (AdaGrad, RMSProp)."""
+        if self.param.momentum != 0:
+            raise self._error(
+                f"{rule} does not use momentum; set momentum to 0 (received "
+                f"{float(np.float32(self.param.momentum)):.7g})"
+            )
+
     def _set_snapshot_prefix(self) -> None:
         p = self.param
         if not p.HasField("snapshot_prefix"):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from minicaffe.solver import Solver, register_solver
 
 
@@ -17,11 +15,7 @@ class AdaGradSolver(Solver):
     """
 
     def check_solver_params(self) -> None:
-        if self.param.momentum != 0:
-            raise self._error(
-                f"AdaGrad does not use momentum; set momentum to 0 (received "
-                f"{float(np.float32(self.param.momentum)):.7g})"
-            )
+        self._refuse_momentum("AdaGrad")
 
     def compute_update_value(self, pid: int, rate: float) -> None:
         blob = self.net.learnable_params[pid]

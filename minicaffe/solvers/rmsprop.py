@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from minicaffe.solver import Solver, register_solver
 
 
@@ -19,11 +17,7 @@ class RMSPropSolver(Solver):
 
     def check_solver_params(self) -> None:
         p = self.param
-        if p.momentum != 0:
-            raise self._error(
-                f"RMSProp does not use momentum; set momentum to 0 (received "
-                f"{float(np.float32(p.momentum)):.7g})"
-            )
+        self._refuse_momentum("RMSProp")
         if not 0 <= p.rms_decay < 1:
             raise self._error(f"rms_decay must be in [0, 1); received {p.rms_decay}")
 
