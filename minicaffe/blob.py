@@ -48,6 +48,7 @@ def _size_text(nbytes: int) -> str:
         nbytes /= 1024
     return f"{nbytes:.2f} PiB"
 
+
 class _Buffer:
     """A growable flat array; shared by every blob that shares the role."""
 

@@ -267,7 +267,7 @@ def upgrade_net(
             "write every layer in one format",
             filename=source,
         )
-    legacy = _is_v0(out) or len(out.layers) > 0
+    legacy = len(out.layers) > 0  # V0 and V1 layers both sit in 'layers'
     if _is_v0(out):
         _upgrade_v0(out, source, notes)
     if len(out.layers):
