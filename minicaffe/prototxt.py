@@ -170,12 +170,27 @@ def _decode_prototxt(raw: bytes, path: str) -> str:
         return raw.decode("latin-1")
 
 
+def _is_binary_net(source) -> bool:
+    """Whether a net given as ``source`` is a binary .caffemodel: by its name, or by its
+    content whatever the name (as ``minicaffe upgrade`` and the weights readers decide)."""
+    if _looks_like_text(source):
+        return False
+    path = os.fspath(source)
+    if str(path).endswith((".caffemodel", ".caffemodel.h5")):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            return binary_kind(fh.read(4096)) == "caffemodel"
+    except OSError:
+        return False
+
+
 def read_net_param(source, *, upgrade: bool = True):
     """A NetParameter from a prototxt path or text, upgraded from V0/V1 and legacy inputs.
 
     A binary .caffemodel path is accepted too (parsed fully, blobs included).
     """
-    if not _looks_like_text(source) and str(source).endswith((".caffemodel", ".caffemodel.h5")):
+    if _is_binary_net(source):
         net = read_caffemodel(source).to_net_param()
         filename = os.fspath(source)
     else:

@@ -85,6 +85,12 @@ def test_upgrade_of_a_binary_v1_caffemodel_is_binary(tmp_path, capsys):
     text = tmp_path / "new.prototxt"
     assert main(["upgrade", str(src), "--text", "-o", str(text)]) == 0
     assert 'name: "ip"' in text.read_text()
+    # the same weights under another name: recognised by their content
+    renamed = tmp_path / "v1_weights.bin"
+    renamed.write_bytes(src.read_bytes())
+    out2 = tmp_path / "new2.caffemodel"
+    assert main(["upgrade", str(renamed), "-o", str(out2)]) == 0
+    assert out2.read_bytes() == out.read_bytes()
 
 
 def test_layer_errors_from_blobs_name_the_layer(tmp_path, capsys):
