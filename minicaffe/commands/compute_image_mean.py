@@ -33,32 +33,16 @@ def add_arguments(parser) -> None:
     add_backend_argument(parser)
 
 
-def open_datum_lmdb(db: str):
-    """A read-only LMDB environment for ``db`` (a folder holding data.mdb, or the data file
-    itself); DataError saying what ``db`` is when it is not an LMDB."""
-    import lmdb
-
-    from minicaffe.data.data import check_lmdb
-    from minicaffe.errors import DataError
-
-    check_lmdb(db)
-    is_dir = os.path.isdir(db)
-    try:
-        return lmdb.open(db, readonly=True, lock=False, readahead=False, subdir=is_dir)
-    except lmdb.Error as exc:
-        raise DataError(f"cannot open LMDB '{db}': {exc}") from None
-
-
 def compute_mean(db: str):
     """(mean image C x H x W as float64, number of records) of the Datum LMDB ``db``."""
     import lmdb
     import numpy as np
 
-    from minicaffe.data.data import parse_datum
+    from minicaffe.data.data import open_lmdb_readonly, parse_datum
     from minicaffe.data.image_io import datum_to_array, shown_path
     from minicaffe.errors import DataError
 
-    env = open_datum_lmdb(db)
+    env = open_lmdb_readonly(db)
     total, count, shape, chunk = None, 0, None, []
     try:
         with env.begin(buffers=False) as txn:

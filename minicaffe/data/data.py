@@ -63,36 +63,42 @@ def check_lmdb(path: str, prefix: str = "") -> None:
         raise DataError(f"{prefix}'{path}' {problem}")
 
 
+def open_lmdb_readonly(path: str, prefix: str = ""):
+    """A new read-only LMDB environment for ``path`` (a folder holding data.mdb, or the data
+    file itself); DataError (starting with ``prefix``) saying what ``path`` is when it is not
+    an LMDB or cannot be opened."""
+    import lmdb
+
+    check_lmdb(path, prefix)
+    try:
+        return lmdb.open(
+            path,
+            readonly=True,
+            lock=False,
+            readahead=False,
+            subdir=os.path.isdir(path),
+            max_readers=126,
+        )
+    except lmdb.Error as exc:
+        raise DataError(f"{prefix}cannot open LMDB '{path}': {exc}") from None
+
+
 def open_lmdb(source: str, where: str, backend: int | None = None):
     """A read-only LMDB environment for ``source`` (a directory holding data.mdb, or the file).
 
     ``backend``: the DataParameter backend if the prototxt set it; LEVELDB gets a DataError
     explaining how to convert, unless ``source`` is in fact an LMDB.
     """
-    import lmdb
-
     if not source:
         raise DataError(f"{where}: data_param.source (the database path) is required")
-    check_lmdb(source, f"{where}: ")
-    is_dir = os.path.isdir(source)
+    check_lmdb(source, f"{where}: ")  # (also for a DB opened before: it may be gone since)
     if backend == caffe_pb2.DataParameter.LEVELDB:
         log.warning("%s: backend is LEVELDB but '%s' is an LMDB; reading it as LMDB", where, source)
     key = os.path.realpath(source)
     with _ENVS_LOCK:
         env = _ENVS.get(key)
         if env is None:
-            try:
-                env = lmdb.open(
-                    source,
-                    readonly=True,
-                    lock=False,
-                    readahead=False,
-                    subdir=is_dir,
-                    max_readers=126,
-                )
-            except lmdb.Error as exc:
-                raise DataError(f"{where}: cannot open LMDB '{source}': {exc}") from None
-            _ENVS[key] = env
+            env = _ENVS[key] = open_lmdb_readonly(source, f"{where}: ")
         return env
 
 
