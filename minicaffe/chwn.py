@@ -28,7 +28,7 @@ import threading
 
 import numpy as np
 
-from minicaffe import blas
+from minicaffe import blas, spectral
 from minicaffe.functional import (
     NUM_THREADS,
     WHOLE_ELEMS,
@@ -474,7 +474,11 @@ def _chunks(total: int, size: int) -> list[tuple[int, int]]:
 
 
 def conv_plan(dtype, num: int, channels: int, num_output: int, geom: ConvGeometry, group: int):
-    """The working-layout plan for this convolution: by kernel rows where that applies."""
+    """The working-layout plan for this convolution: through the frequency domain where that
+    takes far fewer multiplications (minicaffe.spectral), else by kernel rows where that
+    applies, else through whole-kernel columns."""
+    if spectral.pays(num, channels, num_output, geom, group):
+        return spectral.SpectralConvPlan(dtype, num, channels, num_output, geom)
     if ChwnRowConvPlan.supported(num, channels, geom, group, dtype):
         return ChwnRowConvPlan(dtype, num, channels, num_output, geom)
     return ChwnConvPlan(dtype, num, channels, num_output, geom, group)
