@@ -10,6 +10,8 @@ ends:
   bias rides along as a row of ones). The weight gradient is ``col @ dy^T`` per tile (the
   forward's columns are kept and reused when the whole batch is one tile), the data gradient
   ``W^T @ dy`` added back at the kernel offsets.
+* Stride-1 layers with many channels at batch 32 or more run through the frequency domain
+  instead (minicaffe.spectral; :func:`conv_plan` decides).
 * Pooling: every kernel offset is one strided view of the input, clipped to the windows it
   falls in, with N contiguous values per window position, so MAX/AVE are ``kh * kw``
   elementwise passes over the output.
