@@ -147,6 +147,7 @@ class SpectralConvPlan:
         self.x = np.empty((2, c, rh, lw, n), dt)  # input spectrum (kept for the backward)
         self.y = np.empty(f * 2 * o * n, dt)  # output spectrum (and its gradient)
         self.z2 = np.empty((o, 2 * rh, wo * n), dt)  # after B' (and dL/d of it)
+        self.w_seen = None  # the weights self.m was made from
         self.dm = None
         self.xt = None  # (C, H, W, N) copy of an (N, C, H, W) bottom
         self._x_of = None  # the source whose spectrum self.x holds
@@ -174,7 +175,11 @@ class SpectralConvPlan:
         self._x_of = address_key(src, thread=False)
 
     def _kernel(self, w2) -> None:
-        """self.m = the mixing matrices of the weights ``w2`` (O, C * kh * kw)."""
+        """self.m = the mixing matrices of the weights ``w2`` (O, C * kh * kw), rebuilt only
+        when the weights differ from the ones they were made from (the backward's data
+        gradient reuses the forward's; weights changed in between are still honoured)."""
+        if self.w_seen is not None and np.array_equal(self.w_seen, w2):
+            return
         o, c, f = self.o, self.c, self.f
         np.matmul(self.ek, w2.reshape(o * c, -1).T, out=self.kk)
         kr, ki = self.kk[:f].reshape(f, o, c), self.kk[f:].reshape(f, o, c)
@@ -183,6 +188,9 @@ class SpectralConvPlan:
         np.negative(ki, out=m[:, 0, :, 1])
         m[:, 1, :, 0] = ki
         m[:, 1, :, 1] = kr
+        if self.w_seen is None:
+            self.w_seen = np.empty_like(w2)
+        np.copyto(self.w_seen, w2)
 
     def forward(self, src, w2, y, bias=None) -> None:
         """y (O, H_out, W_out, N) = conv(src) (+ bias); ``src`` from :meth:`source`."""

@@ -95,6 +95,25 @@ def test_input_in_caffe_order():
     np.testing.assert_allclose(ys[1], ys[3], rtol=1e-12, atol=1e-10)
 
 
+def test_weights_changed_between_forward_and_backward():
+    """The data gradient reuses the forward's weight spectra only while the weights are the
+    same: weights changed in place after the forward give the new weights' gradient."""
+    case = CASES[0]
+    geom, x, _, wt, bias, dy = _data(case, np.float64)
+    n, c, _, _, o = case[:5]
+    plan = spectral.SpectralConvPlan(np.float64, n, c, o, geom)
+    ref = chwn.ChwnConvPlan(np.float64, n, c, o, geom, 1)
+    y = np.empty((o, *geom.out_size, n))
+    plan.forward(plan.source(x, True), wt, y, bias)
+    wt *= -0.5
+    grads = []
+    for p in (plan, ref):
+        dx = np.empty_like(x)
+        p.backward(wt, dy, p.loaded_source(x, True), None, None, dx)
+        grads.append(dx)
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+
+
 def _geom(h, k, pad, stride=1):
     return ConvGeometry((k, k), (stride, stride), (pad, pad), (1, 1), (h, h))
 
