@@ -47,16 +47,21 @@ def test_a_caffe_hdf5_solverstate_restores(tmp_path, monkeypatch):
     np.testing.assert_array_equal(fresh.net.params["ip"][0].data, s.net.params["ip"][0].data)
 
 
+def _hdf5_snapshot(tmp_path, monkeypatch) -> str:
+    """Two steps of the regression net, snapshotted as HDF5 in ``tmp_path``: the state's path."""
+    monkeypatch.chdir(tmp_path)
+    write_regression(tmp_path, solver_extra="snapshot_format: HDF5\n")
+    s = get_solver("solver.prototxt")
+    s.step(2)
+    return s.snapshot()
+
+
 def test_hdf5_solverstate_is_laid_out_as_caffe_writes_it(tmp_path, monkeypatch):
     """Caffe's reader (hdf5_load_string) copies learned_net into a buffer of the dataset's size
     and reads it as a C string, so the name must carry its NUL; the ints are 1-element arrays."""
     import h5py
 
-    monkeypatch.chdir(tmp_path)
-    write_regression(tmp_path, solver_extra="snapshot_format: HDF5\n")
-    s = get_solver("solver.prototxt")
-    s.step(2)
-    path = s.snapshot()
+    path = _hdf5_snapshot(tmp_path, monkeypatch)
     with h5py.File(path, "r") as f:
         for name in ("iter", "current_step"):
             assert f[name].shape == (1,) and f[name].dtype == np.int32
@@ -76,11 +81,7 @@ def test_scalar_int_hdf5_solverstate_still_restores(tmp_path, monkeypatch):
     """States written by earlier minicaffe versions (scalar ints, no NUL) keep working."""
     import h5py
 
-    monkeypatch.chdir(tmp_path)
-    write_regression(tmp_path, solver_extra="snapshot_format: HDF5\n")
-    s = get_solver("solver.prototxt")
-    s.step(2)
-    path = s.snapshot()
+    path = _hdf5_snapshot(tmp_path, monkeypatch)
     with h5py.File(path, "r+") as f:
         for name in ("iter", "current_step", "learned_net"):
             value = f[name][()]
