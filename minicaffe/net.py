@@ -36,6 +36,7 @@ log = logging.getLogger("minicaffe")
 
 TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
+AUTO_TOP = "(automatic)"  # the name Caffe gives a top a layer adds beyond those listed
 
 
 @dataclass
@@ -241,7 +242,16 @@ class Net:
                 top_names.append(tname)
             if layer.auto_top_blobs:
                 while len(tops) < layer.needed_auto_tops():
-                    tops.append(Blob(xp=device.xp, dtype=self.dtype, name="(automatic)"))
+                    # Caffe names an unlisted top "(automatic)", lists it among the net's
+                    # blobs (one name: the last such top answers to it) and, as nothing can
+                    # read it, among the outputs
+                    blob = Blob(xp=device.xp, dtype=self.dtype, name=AUTO_TOP)
+                    self.blobs[AUTO_TOP] = blob
+                    self._blob_device[id(blob)] = device
+                    tops.append(blob)
+                    top_names.append(AUTO_TOP)
+                    if AUTO_TOP not in self.outputs:
+                        self.outputs = sorted(self.outputs + [AUTO_TOP])
             self.bottom_names[lp.name] = list(lp.bottom)
             self.top_names[lp.name] = top_names
             try:

@@ -322,3 +322,35 @@ def test_memory_errors_inside_layers_name_the_layer(monkeypatch, tmp_path):
     monkeypatch.setattr(ReLULayer, "forward", refuse)
     with pytest.raises(MemoryError, match=r"^layer 'act' \(ReLU\): out of memory: Unable"):
         net.forward()
+
+
+AUTO_LOSS = """
+name: "auto"
+layer { name: "data" type: "Input" top: "x" top: "label"
+        input_param { shape { dim: 4 dim: 3 } shape { dim: 4 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "ip"
+        inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" }
+layer { name: "loss2" type: "EuclideanLoss" bottom: "ip" bottom: "ip" }
+"""
+
+
+def test_unlisted_loss_tops_are_caffes_automatic_blob_and_output():
+    """A loss layer given no top gets one named "(automatic)" with loss weight 1; as in Caffe it
+    is listed among the blobs (the last such top answers to the name), the layer's top names
+    and the outputs, so forward() returns it and the solver displays it."""
+    net = Net(AUTO_LOSS, TRAIN, dtype=np.float64)
+    names = [b for b in net.blobs if "_split_" not in b]  # (ip feeds three bottoms)
+    assert names == ["x", "label", "ip", "(automatic)"]
+    assert net.outputs == ["(automatic)"]
+    assert net.top_names["loss"] == ["(automatic)"] == net.top_names["loss2"]
+    assert net.blob_loss_weights["(automatic)"] == 1.0
+    net.blobs["x"].data[...] = np.arange(12).reshape(4, 3) / 10
+    net.blobs["label"].data[...] = [0, 1, 2, 0]
+    out = net.forward()
+    assert list(out) == ["(automatic)"]
+    assert float(out["(automatic)"]) == 0.0  # the last such top: Euclidean loss of ip vs ip
+    loss_top = net._top_vecs[net._layer_names.index("loss")][0]
+    assert loss_top is not net.blobs["(automatic)"] and float(loss_top.data) > 0
+    net.backward()
+    assert np.abs(net.params["ip"][0].diff).sum() > 0  # the softmax loss still drives training
