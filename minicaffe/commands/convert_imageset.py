@@ -292,14 +292,15 @@ def _write_records(env, entries, args, enc: str) -> tuple[int, int]:
 
 
 def _native_channels(path: str) -> int | None:
-    """1 or 3: the channels the image file holds as stored; None if it cannot be opened."""
+    """The channels the image file decodes to as stored (1, 3 or 4; see
+    image_io.native_channels); None if it cannot be opened or holds more than 8 bits."""
     from PIL import Image
 
-    from minicaffe.data.image_io import GREY_MODES
+    from minicaffe.data.image_io import native_channels
 
     try:
         with Image.open(path) as img:
-            return 1 if img.mode in GREY_MODES else 3
+            return native_channels(img)
     except Exception:
         return None
 

@@ -16,23 +16,84 @@ import numpy as np
 
 from minicaffe.errors import DataError
 
-# PIL modes that hold one grey channel
-GREY_MODES = ("1", "L", "I", "I;16", "F", "LA", "La")
+
+def _deep(img) -> bool:
+    """Whether the image holds more than 8 bits per sample (16-bit PNG/TIFF, 32-bit integer or
+    float images); Pillow opens 16-bit colour PNGs as 8-bit RGB, which only the raw mode of the
+    file's tiles still tells."""
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        return True
+    tiles = getattr(img, "tile", None) or []
+    return any(";16" in str(getattr(t, "args", t[3] if len(t) > 3 else "")) for t in tiles)
 
 
-def _pil_to_chw(img, color: bool | None, where: str, height: int = 0, width: int = 0):
+def _eight_bit(img):
+    """A 16-bit grey image as 8-bit grey by its high byte (OpenCV strips 16-bit samples to
+    8 bits so when it decodes to colour or grey; Pillow's own conversion would clip at 255)."""
+    if img.mode.startswith("I;16"):
+        from PIL import Image
+
+        return Image.fromarray((np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8))
+    return img
+
+
+def native_channels(img, deep: bool | None = None) -> int | None:
+    """The channels OpenCV gives the image decoded unchanged (Caffe's DecodeDatumNative): 1
+    for grey, 3 for colour, 4 when there is an alpha channel (RGBA, grey + alpha, or a PNG
+    transparency chunk on a palette or colour image); None for more than 8 bits per sample
+    (``deep``: :func:`_deep` taken before the image was loaded, which clears its tiles)."""
+    if _deep(img) if deep is None else deep:
+        return None
+    mode = img.mode
+    if mode in ("RGBA", "LA", "La", "RGBa", "PA") or (
+        mode in ("P", "RGB") and "transparency" in img.info
+    ):
+        return 4
+    return 1 if mode in ("1", "L") else 3
+
+
+def _native_chw(img, where: str, deep: bool):
+    """The image as stored (:func:`native_channels`), BGR or BGRA; more than 8 bits per sample
+    is refused, as Caffe's data transformer refuses anything but 8-bit images."""
+    channels = native_channels(img, deep)
+    if channels is None:
+        raise DataError(
+            f"{where}: the encoded image has more than 8 bits per sample (mode {img.mode}); "
+            "Caffe's data transformer takes 8-bit images only (set transform_param "
+            "force_color or force_gray to decode it to 8 bits)"
+        )
+    if channels == 1:
+        return np.asarray(img.convert("L"))[None].copy()
+    arr = np.asarray(img.convert("RGBA" if channels == 4 else "RGB"))
+    order = [2, 1, 0, 3] if channels == 4 else [2, 1, 0]
+    return np.ascontiguousarray(arr[:, :, order].transpose(2, 0, 1))
+
+
+def _load(img) -> bool:
+    """Load the pixels of an opened image; returns whether it has more than 8 bits per sample
+    (known only before loading)."""
+    deep = _deep(img)
+    img.load()
+    return deep
+
+
+def _pil_to_chw(
+    img, color: bool | None, where: str, height: int = 0, width: int = 0, deep: bool = False
+):
     """A PIL image as uint8 C x H x W: BGR when colour, 1 channel when grey; resized (after the
     colour conversion, as OpenCV reads then resizes) when both sizes are > 0.
 
-    ``color``: True = 3 channels, False = 1 channel, None = as stored (grey stays grey).
+    ``color``: True = 3 channels, False = 1 channel (16-bit samples reduced to their high
+    byte, as OpenCV does), None = as stored (:func:`_native_chw`).
     """
-    if color is None:
-        color = img.mode not in GREY_MODES
     try:
-        arr = np.asarray(img.convert("RGB" if color else "L"))
+        if color is None:
+            chw = _native_chw(img, where, deep)
+        else:
+            arr = np.asarray(_eight_bit(img).convert("RGB" if color else "L"))
+            chw = np.ascontiguousarray(arr[:, :, ::-1].transpose(2, 0, 1)) if color else arr[None]
     except (OSError, ValueError) as exc:
         raise DataError(f"{where}: cannot decode image: {exc}") from None
-    chw = np.ascontiguousarray(arr[:, :, ::-1].transpose(2, 0, 1)) if color else arr[None]
     if height > 0 and width > 0 and chw.shape[1:] != (height, width):
         chw = resize_linear(chw, height, width)
     return chw
@@ -126,8 +187,8 @@ def read_image(
     shown = shown_path(path)
     try:
         with Image.open(path) as img:
-            img.load()
-            return _pil_to_chw(img, color, f"{label}'{shown}'", height, width)
+            deep = _load(img)
+            return _pil_to_chw(img, color, f"{label}'{shown}'", height, width, deep)
     except FileNotFoundError:
         raise DataError(f"{label}image '{shown}' not found") from None
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
@@ -142,8 +203,8 @@ def decode_image_bytes(
 
     try:
         with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return _pil_to_chw(img, color, where, height, width)
+            deep = _load(img)
+            return _pil_to_chw(img, color, where, height, width, deep)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
         raise DataError(f"{where}: cannot decode the encoded image: {exc}") from None
 
