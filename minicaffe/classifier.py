@@ -25,26 +25,12 @@ def _preprocess_batch(transformer, name: str, images: np.ndarray) -> np.ndarray:
     transpose = transformer.transpose.get(name)
     if transpose is not None:
         out = out.transpose((0,) + tuple(t + 1 for t in transpose))
-        channels = transformer.inputs[name][1]
-        if out.shape[1] != channels:
-            raise ShapeError(
-                f"the images have {out.shape[1]} channels but the input {name!r} takes "
-                f"{channels} (load colour images with load_image(color=True), or grey ones "
-                "with color=False)")
+        transformer.check_channels(name, out.shape[1], "each image")
     swap = transformer.channel_swap.get(name)
     if swap is not None:
         out = out[:, list(swap)]
     out = np.array(out, dtype=np.float32)  # own contiguous copy for the in-place steps
-    raw_scale = transformer.raw_scale.get(name)
-    if raw_scale is not None:
-        out *= raw_scale
-    mean = transformer.mean.get(name)
-    if mean is not None:
-        out -= mean
-    input_scale = transformer.input_scale.get(name)
-    if input_scale is not None:
-        out *= input_scale
-    return out
+    return transformer.scale_and_center(name, out)
 
 
 def input_transformer(net, model_file, mean, input_scale, raw_scale, channel_swap) -> str:

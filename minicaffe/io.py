@@ -294,15 +294,25 @@ class Transformer:
         transpose = self.transpose.get(in_)
         if transpose is not None:
             out = out.transpose(transpose)
-        channels = self.inputs[in_][1] if len(self.inputs[in_]) > 1 else None
-        if transpose is not None and channels is not None and out.shape[0] != channels:
-            raise TransformerError(
-                f"preprocess({in_!r}): the image has {out.shape[0]} channels but the input takes "
-                f"{channels} (load a colour image with load_image(color=True), or a grey one "
-                "with color=False)")
+        if transpose is not None:
+            self.check_channels(in_, out.shape[0], f"preprocess({in_!r}): the image")
         swap = self.channel_swap.get(in_)
         if swap is not None:
             out = out[list(swap), :, :]
+        return self.scale_and_center(in_, out)
+
+    def check_channels(self, in_: str, found: int, what: str) -> None:
+        """Raise TransformerError when ``found`` channels (after the transpose) differ from the
+        input's; ``what`` names the images in the message."""
+        channels = self.inputs[in_][1] if len(self.inputs[in_]) > 1 else None
+        if channels is not None and found != channels:
+            raise TransformerError(
+                f"{what} has {found} channels but the input {in_!r} takes {channels} (load "
+                "colour images with load_image(color=True), or grey ones with color=False)")
+
+    def scale_and_center(self, in_: str, out: np.ndarray) -> np.ndarray:
+        """The raw scale, mean subtraction and input scale of :meth:`preprocess`, in place on
+        ``out`` (K x H x W, or N x K x H x W: the mean broadcasts over the items)."""
         raw_scale = self.raw_scale.get(in_)
         if raw_scale is not None:
             out *= raw_scale
