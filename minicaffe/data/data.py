@@ -187,27 +187,9 @@ class DataLayer(BaseDataLayer):
         label = slot_array(slot, "label", (len(records),), self.dtype)
         items = self._read_many(records, label)
         shape = items[0].shape
-        crop = self.transformer.crop_size
-        mixed = False
-        for r, item in zip(records, items):
-            if item.shape == shape:
-                continue
-            if not crop or item.shape[0] != shape[0]:
-                raise DataError(
-                    f"{self._where(r)}: Datum is {item.shape} (C, H, W) but the "
-                    f"batch's first record is {shape}; all records must have one "
-                    + (
-                        "number of channels"
-                        if crop
-                        else "size (convert-imageset --resize_height/--resize_width, or "
-                        "transform_param crop_size)"
-                    )
-                )
-            try:  # Caffe crops every Datum at its own size: only the crop must fit
-                self.transformer.output_shape(*item.shape)
-            except DataError as exc:
-                raise DataError(f"{self._where(r)}: {exc}") from None
-            mixed = True
+        mixed = self.transformer.check_sizes(
+            items, lambda i: f"{self._where(records[i])}: the Datum",
+            "convert-imageset --resize_height/--resize_width")
         data = slot_array(
             slot, "data", (len(items), *self.transformer.output_shape(*shape)), self.dtype
         )

@@ -150,29 +150,15 @@ class ImageDataLayer(BaseDataLayer):
     def load_batch(self, records, rng, slot):
         images = [self._read(int(r)) for r in records]  # file I/O: one call per image
         shape = images[0].shape
-        crop = self.transformer.crop_size
-        mixed = False
-        for r, img in zip(records, images):
-            if img.shape == shape:
-                continue
-            name, _, line = self._entries[int(r)]
-            if not crop or img.shape[0] != shape[0]:
-                raise self.error(
-                    f"image '{self._root + name}' ('{self._source}' line {line}) "
-                    f"is {img.shape[1]}x{img.shape[2]}x{img.shape[0]} (HxWxC) but "
-                    f"the batch's first image is {shape[1]}x{shape[2]}x{shape[0]}; "
-                    "set new_height and new_width to resize"
-                    + ("" if crop else " (or transform_param crop_size to crop)"),
-                    DataError,
-                )
-            try:  # Caffe crops every image at its own size: only the crop must fit
-                self.transformer.output_shape(*img.shape)
-            except DataError as exc:
-                raise self.error(
-                    f"image '{self._root + name}' ('{self._source}' line {line}): {exc}",
-                    DataError,
-                ) from None
-            mixed = True
+
+        def name(i):
+            file, _, line = self._entries[int(records[i])]
+            return f"image '{self._root + file}' ('{self._source}' line {line})"
+
+        try:
+            mixed = self.transformer.check_sizes(images, name, "new_height and new_width")
+        except DataError as exc:
+            raise self.error(str(exc), DataError) from None
         data = slot_array(
             slot, "data", (len(images), *self.transformer.output_shape(*shape)), self.dtype
         )

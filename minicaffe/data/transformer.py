@@ -148,31 +148,46 @@ class DataTransformer:
             out *= self.dtype.type(self.scale)
         return out
 
+    def check_sizes(self, items: list, name=None, resize_hint: str = "") -> bool:
+        """Whether the C x H x W ``items`` of one batch differ in height or width, which
+        ``crop_size`` allows (Caffe crops each at its own size: only the crop must fit); a
+        DataError when they cannot make one batch: other channel counts, or other sizes without
+        a crop. ``name(i)`` names item i in the message (its record or file; default "item
+        i"); ``resize_hint`` says how the user can resize the sources."""
+        first = items[0].shape
+        mixed = False
+        for i, item in enumerate(items):
+            if item.shape == first:
+                continue
+            named = name(i) if name is not None else f"item {i} of the batch"
+            if not self.crop_size or item.shape[0] != first[0]:
+                fix = "they must have one number of channels"
+                if not self.crop_size:
+                    fix = "they must have one size: set transform_param crop_size to crop them"
+                    fix += f", or {resize_hint} to resize them" if resize_hint else ""
+                raise DataError(f"{named} is {item.shape} (C, H, W) but the batch's first "
+                                f"item is {first}; {fix}")
+            try:
+                self.output_shape(*item.shape)
+            except DataError as exc:
+                raise DataError(f"{named}: {exc}") from None
+            mixed = True
+        return mixed
+
     def transform_items(
         self, items: list, rng: np.random.Generator, out: np.ndarray | None = None
     ) -> np.ndarray:
         """Transform a list of C x H x W items into ``out`` (N, C, H', W').
 
         Items of one size are stacked and transformed as a batch; with ``crop_size`` set, items
-        of differing heights and widths (same channels) are cropped one by one, as Caffe does.
-        DataError when the sizes differ and there is no crop to bring them to one.
+        of differing heights and widths (same channels) are cropped one by one, as Caffe does
+        (:meth:`check_sizes` says which, or why they cannot make one batch).
         """
-        first = items[0].shape
-        if all(it.shape == first for it in items):
+        if not self.check_sizes(items):
             dtype = np.uint8 if all(it.dtype == np.uint8 for it in items) else self.dtype
             raw = np.stack(items).astype(dtype, copy=False)
             return self(raw, rng, out=out)
-        for i, it in enumerate(items):
-            if not self.crop_size or it.shape[0] != first[0]:
-                raise self._error(
-                    f"item {i} of the batch is {it.shape} (C, H, W) but item 0 is {first}; "
-                    + (
-                        "every item needs the same number of channels"
-                        if self.crop_size
-                        else "without crop_size every item must have the same size"
-                    )
-                )
-        shape = self.output_shape(*first)
+        shape = self.output_shape(*items[0].shape)
         if out is None:
             out = np.empty((len(items), *shape), dtype=self.dtype)
         for i, it in enumerate(items):

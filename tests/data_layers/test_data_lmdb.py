@@ -141,3 +141,32 @@ def test_crop_takes_records_of_differing_sizes(tmp_path, monkeypatch):
     layer, tops = build_data_layer(_text(batch=3), prefetch=0)
     with pytest.raises(DataError, match="record 1 .*Datum is \\(3, 9, 7\\).*crop_size"):
         next_batch(layer, tops)
+
+
+def test_records_of_differing_sizes(tmp_path, monkeypatch):
+    """Caffe crops every Datum at its own size, so with crop_size records may differ in height
+    and width (only the crop must fit); without a crop, or with other channel counts, the
+    batch is refused naming the record."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(4)
+    sizes = [(3, 6, 5), (3, 8, 7), (3, 6, 5), (1, 6, 5), (3, 3, 3)]
+    imgs = [rng.integers(0, 256, s).astype(np.uint8) for s in sizes]
+    _write_db(tmp_path / "db", [array_to_datum(im, i).SerializeToString()
+                                for i, im in enumerate(imgs)])
+    layer, tops = build_data_layer(_text(batch=3, transform="crop_size: 4"),
+                                   phase=caffe_pb2.TEST, prefetch=0)
+    x, _ = next_batch(layer, tops)  # centre crops, each at its own size
+    for got, im in zip(x, imgs[:3]):
+        h0, w0 = (im.shape[1] - 4) // 2, (im.shape[2] - 4) // 2
+        np.testing.assert_array_equal(got, im[:, h0 : h0 + 4, w0 : w0 + 4])
+    with pytest.raises(DataError, match=r"record 4 .*is \(3, 3, 3\) \(C, H, W\) but the batch's "
+                       r"first item is \(1, 6, 5\); they must have one number of channels"):
+        next_batch(layer, tops)  # records 3, 4, 0: one grey, then colour
+    layer, tops = build_data_layer(_text(batch=2), prefetch=0)
+    with pytest.raises(DataError, match=r"record 1 .*\(3, 8, 7\).*set transform_param "
+                       "crop_size to crop them, or convert-imageset --resize_height"):
+        next_batch(layer, tops)
+    layer, tops = build_data_layer(_text(batch=2, transform="crop_size: 4"), prefetch=0)
+    layer.load_batch(np.array([0, 1]), np.random.default_rng(0), {})  # fits
+    with pytest.raises(DataError, match=r"record 4 .*crop_size 4 is larger than the 3x3 input"):
+        layer.load_batch(np.array([2, 4]), np.random.default_rng(0), {})

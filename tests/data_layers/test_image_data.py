@@ -106,7 +106,9 @@ def test_errors(images, tmp_path):
     Image.fromarray(np.zeros((9, 9, 3), np.uint8)).save(tmp_path / "img" / "big.png")
     (tmp_path / "list.txt").write_text("pic 0.png 0\nbig.png 1\n")
     layer, tops = build_data_layer(_text(batch=2), prefetch=0)
-    with pytest.raises(DataError, match="'img/big.png' \\('list.txt' line 2\\) is 9x9x3"):
+    with pytest.raises(DataError, match=r"'img/big.png' \('list.txt' line 2\) is \(3, 9, 9\) "
+                       r"\(C, H, W\) but the batch's first item is \(3, 5, 6\).*crop_size.*"
+                       "new_height and new_width"):
         next_batch(layer, tops)
     (tmp_path / "img" / "bad.png").write_bytes(b"\x89PNG not really")
     (tmp_path / "list.txt").write_text("bad.png 0\n")
