@@ -195,7 +195,8 @@ def test_transformer_resizes_inputs_and_means():
     (lambda t: t.set_mean("data", np.zeros((1, 2, 3, 4, 5))), "mean must be"),
     # a grey image (with or without its channel axis) into a colour input
     (lambda t: t.preprocess("data", np.zeros((4, 5))), "1 channels but the input 'data' takes 3"),
-    (lambda t: t.preprocess("data", np.zeros((4, 5, 1))), "1 channels but the input 'data' takes 3"),
+    (lambda t: t.preprocess("data", np.zeros((4, 5, 1))),
+     "1 channels but the input 'data' takes 3"),
     (lambda t: t.preprocess("data", np.zeros((2, 4, 5, 3))), "one image H x W x K"),
 ])
 def test_transformer_errors(call, pattern):
