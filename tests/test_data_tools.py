@@ -290,3 +290,22 @@ def test_image_over_pillows_pixel_limit_is_skipped_not_a_traceback(image_set, mo
     err = capsys.readouterr().err
     assert "line 1: cannot read image 'imgs/im 0.png'" in err and "Traceback" not in err
     assert "could be read; no DB was written" in err and _leftovers(Path(".")) == []
+
+
+def test_encoded_rgba_file_is_re_encoded_to_decode_as_colour(image_set, tmp_path):
+    """An RGBA PNG stored as it is would decode (as stored, like Caffe's DecodeDatumNative) to 4
+    channels; converting for colour re-encodes it so the Datum decodes to the 3 asked for."""
+    rgba = np.random.default_rng(1).integers(0, 256, (5, 4, 4)).astype(np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "imgs" / "a.png")
+    (tmp_path / "a.txt").write_text("a.png 1\nim 0.png 2\n")
+    assert main(["convert-imageset", "--encoded", "imgs/", "a.txt", "db"]) == 0
+    (_, first), (_, second) = _records("db")
+    assert first.data != (tmp_path / "imgs" / "a.png").read_bytes()
+    assert second.data == (tmp_path / "imgs" / "im 0.png").read_bytes()  # stored as it is
+    layer, tops = build_data_layer(
+        'type: "Data" top: "data" top: "label" data_param { source: "db" batch_size: 2 }',
+        prefetch=0,
+    )
+    x, _ = next_batch(layer, tops)
+    np.testing.assert_array_equal(x[0], rgba[..., 2::-1].transpose(2, 0, 1))  # alpha dropped
+    np.testing.assert_array_equal(x[1], image_set[0])

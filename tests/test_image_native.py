@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minicaffe.commands.convert_imageset import _native_channels
-from minicaffe.data.image_io import decode_image_bytes, native_channels
+from minicaffe.data.image_io import decode_image_bytes, native_channels, read_image_file
 from minicaffe.errors import DataError
 from minicaffe.proto import caffe_pb2
 from tests.data_layers.util import build_data_layer, next_batch
@@ -101,7 +100,8 @@ def test_native_channel_counts(tmp_path):
         with Image.open(io.BytesIO(data)) as img:
             assert native_channels(img) == want, name
         # convert-imageset stores a file as it is only when it decodes to the channels asked
-        assert _native_channels(str(tmp_path / name)) == want, name
+        chw, raw, native = read_image_file(str(tmp_path / name))
+        assert raw == data and native == want and chw.shape[0] == 3, name
 
 
 def test_data_layer_reads_an_rgba_datum_as_four_channels(tmp_path, monkeypatch):

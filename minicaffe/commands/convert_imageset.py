@@ -215,6 +215,7 @@ def _write_records(env, entries, args, enc: str) -> tuple[int, int]:
         encoding_problem,
         image_format,
         read_image,
+        read_image_file,
         same_encoding,
         shown_path,
     )
@@ -244,7 +245,9 @@ def _write_records(env, entries, args, enc: str) -> tuple[int, int]:
         shown = shown_path(path)
         where = f"'{shown_path(args.list_file)}' line {line_no}"
         try:
-            img = read_image(path, height=height, width=width, color=color, where=where)
+            read = read_image_file if encoded else read_image
+            got = read(path, height=height, width=width, color=color, where=where)
+            img, data, native = got if encoded else (got, None, None)
         except DataError as exc:
             print(f"convert-imageset: skipping: {exc}", file=sys.stderr)
             skipped += 1
@@ -266,8 +269,8 @@ def _write_records(env, entries, args, enc: str) -> tuple[int, int]:
                     "extension); give --encode_type"
                 )
             payload = None
-            if not height and same_encoding(fmt, own) and _native_channels(path) == img.shape[0]:
-                payload = _file_bytes(path)  # the file as it is, as Caffe stores it
+            if not height and same_encoding(fmt, own) and native == img.shape[0]:
+                payload = data  # the file as it is, as Caffe stores it
             if payload is None:
                 if not enc:
                     problem = encoding_problem(fmt, img.shape[0])
@@ -291,23 +294,3 @@ def _write_records(env, entries, args, enc: str) -> tuple[int, int]:
     return written, skipped
 
 
-def _native_channels(path: str) -> int | None:
-    """The channels the image file decodes to as stored (1, 3 or 4; see
-    image_io.native_channels); None if it cannot be opened or holds more than 8 bits."""
-    from PIL import Image
-
-    from minicaffe.data.image_io import native_channels
-
-    try:
-        with Image.open(path) as img:
-            return native_channels(img)
-    except Exception:
-        return None
-
-
-def _file_bytes(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except OSError:
-        return None

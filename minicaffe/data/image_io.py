@@ -181,14 +181,31 @@ def read_image(
     path: str, *, height: int = 0, width: int = 0, color: bool | None = True, where: str = ""
 ) -> np.ndarray:
     """Decode the image file ``path`` as uint8 C x H x W (BGR), resized when both sizes > 0."""
+    return _read_image(path, height, width, color, where, keep_file=False)[0]
+
+
+def read_image_file(
+    path: str, *, height: int = 0, width: int = 0, color: bool | None = True, where: str = ""
+) -> tuple[np.ndarray, bytes, int | None]:
+    """:func:`read_image` from one read of the file, also returning the file's bytes and
+    :func:`native_channels` (what storing the file as it is would decode to)."""
+    return _read_image(path, height, width, color, where, keep_file=True)
+
+
+def _read_image(path, height, width, color, where, keep_file: bool):
     from PIL import Image, UnidentifiedImageError
 
     label = f"{where}: " if where else ""
     shown = shown_path(path)
     try:
-        with Image.open(path) as img:
+        data = None
+        if keep_file:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        with Image.open(path if data is None else io.BytesIO(data)) as img:
             deep = _load(img)
-            return _pil_to_chw(img, color, f"{label}'{shown}'", height, width, deep)
+            native = native_channels(img, deep)
+            return _pil_to_chw(img, color, f"{label}'{shown}'", height, width, deep), data, native
     except FileNotFoundError:
         raise DataError(f"{label}image '{shown}' not found") from None
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
