@@ -1156,9 +1156,12 @@ def make_conv_plan(
 
     2-D on NumPy, from side-by-side measurements (LeNet, cifar10_quick, CaffeNet, VGG- and
     ResNet-like shapes, 2 threads): the direct NCHW plan has the faster forward almost
-    everywhere; the batch-innermost plan has the faster backward for stride-1, ungrouped layers
-    with many input channels on small images (<= 1024 output positions), where its data
-    gradient is a flipped-kernel convolution; those layers run as one batch-innermost tile (one
+    everywhere; the batch-innermost plan has the faster backward for stride-1 layers with many
+    input channels on small images (<= 1024 output positions), where its data gradient is a
+    flipped-kernel convolution, except grouped layers whose direct plan works by kernel rows
+    (CaffeNet's conv2 at batch 10: forward + backward 1.15x slower with the batch-innermost
+    one; its conv4 and conv5, 13x13 without kernel rows, 0.78-0.85x the time, and 14x14 and
+    28x28 layers of 2-4 groups 0.77x); those layers run as one batch-innermost tile (one
     GEMM each way, the forward's columns reused by the weight gradient) when their whole-batch
     columns fit WHOLE_ELEMS (LeNet conv2: 1.5-2x faster forward + backward than the hybrid).
     MINICAFFE_CONV_LAYOUT=nchw|chwn|hybrid forces one.
@@ -1169,16 +1172,16 @@ def make_conv_plan(
         args = (xp, dtype, num, channels, num_output, geom, group)
         if CONV_LAYOUT == "chwn":
             return Conv2dPlan(*args)
+        direct = Conv2dDirectPlan(*args)
         tiled_backward = (
             geom.stride == (1, 1)
-            and group == 1
+            and (group == 1 or not direct.rows)
             and channels > 4
             and math.prod(geom.out_size) <= 1024
         )
         whole = channels * geom.kernel_count * math.prod(geom.out_size) * num
         if CONV_LAYOUT == "auto" and xp is np and tiled_backward and whole <= WHOLE_ELEMS:
             return Conv2dPlan(*args, tile_elems=whole)
-        direct = Conv2dDirectPlan(*args)
         if CONV_LAYOUT == "nchw" or (CONV_LAYOUT == "auto" and not tiled_backward):
             return direct
         return Conv2dHybridPlan(direct, Conv2dPlan(*args))

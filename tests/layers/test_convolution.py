@@ -87,6 +87,7 @@ PARAMS = [
     ),
     ("num_output: 4 kernel_size: 2 dilation: 2 pad: 1", (2, 2, 6, 6)),
     ("num_output: 4 kernel_size: 3 group: 2 pad: 1", (2, 4, 5, 5)),
+    ("num_output: 4 kernel_size: 3 group: 2 pad: 1", (3, 6, 5, 4)),  # auto: batch-innermost
     ("num_output: 3 kernel_size: 3 bias_term: false", (1, 2, 5, 5)),
     ("num_output: 5 kernel_size: 1", (2, 3, 3, 4)),
     ("num_output: 4 kernel_size: 1 group: 2 stride: 2", (2, 4, 5, 5)),
@@ -264,8 +265,13 @@ def test_plan_choice():
     assert isinstance(hybrid.bwd, functional.Conv2dPlan)
     caffenet2 = plan(10, 96, 256, 27, pad=2, group=2)  # forward by kernel rows
     assert isinstance(caffenet2, functional.Conv2dDirectPlan) and caffenet2.rows
-    caffenet4 = plan(10, 384, 384, 13, k=3, pad=1, group=2)  # 13x13: whole-kernel columns
-    assert isinstance(caffenet4, functional.Conv2dDirectPlan) and not caffenet4.rows
+    # 13x13, grouped: no kernel rows, so the forward takes whole-kernel columns and the
+    # backward the batch-innermost plan
+    caffenet4 = plan(10, 384, 384, 13, k=3, pad=1, group=2)
+    assert isinstance(caffenet4, functional.Conv2dHybridPlan) and not caffenet4.fwd.rows
+    assert isinstance(caffenet4.bwd, functional.Conv2dPlan)
+    grouped = plan(8, 256, 256, 14, k=3, pad=1, group=2)  # whole-batch columns fit
+    assert isinstance(grouped, functional.Conv2dPlan) and len(grouped.tiles) == 1
     assert isinstance(plan(10, 3, 96, 227, k=11, stride=4), functional.Conv2dDirectPlan)
     assert isinstance(plan(2, 8, 4, 7, k=1), functional.Conv1x1Plan)
 
