@@ -28,8 +28,8 @@ def _deep(img) -> bool:
 
 
 def _eight_bit(img):
-    """A 16-bit grey image as 8-bit grey by its high byte (OpenCV strips 16-bit samples to
-    8 bits so when it decodes to colour or grey; Pillow's own conversion would clip at 255)."""
+    """A 16-bit grey image as 8-bit grey by its high byte, as OpenCV reduces 16-bit samples
+    when it decodes to colour or grey (Pillow's own conversion would clip at 255)."""
     if img.mode.startswith("I;16"):
         from PIL import Image
 
