@@ -905,17 +905,29 @@ class Conv2dDirectPlan(_Tiled):
         self._col_of = None  # address of the input whose columns full_col holds
         kh, kw = geom.kernel
         og, cg = num_output // group, channels // group
-        self.rows = (
+        self.rows = self.by_rows(xp, dtype, num, channels, num_output, geom, group)
+        self.wr = np.empty((kh, group, og, cg * kw), dtype) if self.rows else None
+
+    @staticmethod
+    def by_rows(xp, dtype, num, channels, num_output, geom, group) -> bool:
+        """Whether the plan for this layer works by kernel rows (see the class notes): on
+        NumPy with the cblas GEMM, vertical stride 1, several kernel rows, no whole-batch
+        columns (over WHOLE_ELEMS values), at most ROWS_MAX_OUT outputs per group, at least
+        ROWS_MIN_POSITIONS output positions and ROWS_MIN_MACS multiply-adds per kernel-row
+        GEMM."""
+        kh, kw = geom.kernel
+        og, cg = num_output // group, channels // group
+        positions = math.prod(geom.out_size)
+        return (
             xp is np
-            and self.full_col is None
+            and num * channels * geom.kernel_count * positions > WHOLE_ELEMS
             and geom.stride[0] == 1
             and kh > 1
             and og <= ROWS_MAX_OUT
-            and self.p >= ROWS_MIN_POSITIONS
-            and 0 < ROWS_MIN_MACS <= og * cg * kw * self.p
+            and positions >= ROWS_MIN_POSITIONS
+            and 0 < ROWS_MIN_MACS <= og * cg * kw * positions
             and blas.available(dtype)
         )
-        self.wr = np.empty((kh, group, og, cg * kw), dtype) if self.rows else None
 
     def _chunk_col(self, sc, n0, n1):
         """The column buffer of images n0:n1, (b, G, K/G, H_out * W_out)."""
@@ -1172,16 +1184,16 @@ def make_conv_plan(
         args = (xp, dtype, num, channels, num_output, geom, group)
         if CONV_LAYOUT == "chwn":
             return Conv2dPlan(*args)
-        direct = Conv2dDirectPlan(*args)
         tiled_backward = (
             geom.stride == (1, 1)
-            and (group == 1 or not direct.rows)
+            and (group == 1 or not Conv2dDirectPlan.by_rows(*args))
             and channels > 4
             and math.prod(geom.out_size) <= 1024
         )
         whole = channels * geom.kernel_count * math.prod(geom.out_size) * num
         if CONV_LAYOUT == "auto" and xp is np and tiled_backward and whole <= WHOLE_ELEMS:
             return Conv2dPlan(*args, tile_elems=whole)
+        direct = Conv2dDirectPlan(*args)
         if CONV_LAYOUT == "nchw" or (CONV_LAYOUT == "auto" and not tiled_backward):
             return direct
         return Conv2dHybridPlan(direct, Conv2dPlan(*args))
