@@ -194,7 +194,7 @@ class DataLayer(BaseDataLayer):
             slot, "data", (len(items), *self.transformer.output_shape(*shape)), self.dtype
         )
         if mixed:
-            self.transformer.transform_items(items, rng, out=data)
+            self.transformer.transform_each(items, rng, out=data)
             return [data, label]
         dtype = np.uint8 if all(it.dtype == np.uint8 for it in items) else np.float32
         raw = slot_array(slot, "raw", (len(items), *shape), dtype)

@@ -163,7 +163,7 @@ class ImageDataLayer(BaseDataLayer):
             slot, "data", (len(images), *self.transformer.output_shape(*shape)), self.dtype
         )
         if mixed:
-            self.transformer.transform_items(images, rng, out=data)
+            self.transformer.transform_each(images, rng, out=data)
         else:
             raw = slot_array(slot, "raw", (len(images), *shape), np.uint8)
             np.stack(images, out=raw)

@@ -187,6 +187,13 @@ class DataTransformer:
             dtype = np.uint8 if all(it.dtype == np.uint8 for it in items) else self.dtype
             raw = np.stack(items).astype(dtype, copy=False)
             return self(raw, rng, out=out)
+        return self.transform_each(items, rng, out)
+
+    def transform_each(
+        self, items: list, rng: np.random.Generator, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Transform C x H x W items of differing sizes one by one into ``out`` (N, C, H', W'),
+        each cropped at its own size (items :meth:`check_sizes` has accepted)."""
         shape = self.output_shape(*items[0].shape)
         if out is None:
             out = np.empty((len(items), *shape), dtype=self.dtype)
