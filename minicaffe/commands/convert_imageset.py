@@ -245,9 +245,12 @@ def _write_records(env, entries, args, enc: str) -> tuple[int, int]:
         shown = shown_path(path)
         where = f"'{shown_path(args.list_file)}' line {line_no}"
         try:
-            read = read_image_file if encoded else read_image
-            got = read(path, height=height, width=width, color=color, where=where)
-            img, data, native = got if encoded else (got, None, None)
+            if encoded:
+                img, data, native = read_image_file(
+                    path, height=height, width=width, color=color, where=where
+                )
+            else:
+                img = read_image(path, height=height, width=width, color=color, where=where)
         except DataError as exc:
             print(f"convert-imageset: skipping: {exc}", file=sys.stderr)
             skipped += 1

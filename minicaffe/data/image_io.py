@@ -204,7 +204,7 @@ def _read_image(path, height, width, color, where, keep_file: bool):
                 data = fh.read()
         with Image.open(path if data is None else io.BytesIO(data)) as img:
             deep = _load(img)
-            native = native_channels(img, deep)
+            native = native_channels(img, deep) if keep_file else None
             return _pil_to_chw(img, color, f"{label}'{shown}'", height, width, deep), data, native
     except FileNotFoundError:
         raise DataError(f"{label}image '{shown}' not found") from None
