@@ -50,6 +50,13 @@ WHOLE_ELEMS = int(os.environ.get("MINICAFFE_CONV_WHOLE", 1 << 22))
 ROWS_MAX_OUT = int(os.environ.get("MINICAFFE_NCHW_ROWS_MAX_OUT", 256))
 ROWS_MIN_POSITIONS = int(os.environ.get("MINICAFFE_NCHW_ROWS_MIN_POSITIONS", 256))
 ROWS_MIN_MACS = int(os.environ.get("MINICAFFE_NCHW_ROWS_MIN_MACS", 8_000_000))
+# Shifted-view forward (Conv2dShiftPlan): at most this many values in one group's accumulator
+# (output channels x wide output positions), at least this many input channels per group
+# (SHIFT_MAX_OUT=0 turns the plan off).
+SHIFT_MAX_OUT = int(os.environ.get("MINICAFFE_SHIFT_MAX_OUT", 1 << 19))
+SHIFT_MIN_CHANNELS = int(os.environ.get("MINICAFFE_SHIFT_MIN_CHANNELS", 16))
+SHIFT_MAX_WASTE = 0.2  # how much longer than the output rows the wide rows may be
+SHIFT_MIN_WIDE = 1024  # fewest wide output positions (rows x padded width x batch)
 
 
 PARALLEL_MIN_ELEMS = 1 << 17
@@ -385,7 +392,12 @@ class ConvPlan:
 
     ``w2`` is the weight as a 2-D (O, C/G * prod(kernel)) array. This generic form works for any
     number of spatial axes; :class:`Conv2dPlan` is the fast 2-D form.
+
+    ``backward_expected`` (set by the layer from the net's backward sweep): whether a backward
+    will follow the forward, so that a plan may keep what the forward built for it.
     """
+
+    backward_expected = True
 
     def __init__(
         self, xp, dtype, num: int, channels: int, num_output: int, geom: ConvGeometry, group: int
@@ -1142,20 +1154,116 @@ class Conv2dDirectPlan(_Tiled):
 
 
 class Conv2dHybridPlan(ConvPlan):
-    """Forward with the direct NCHW plan, backward with the batch-innermost plan (which reloads
-    the input then): each direction with the plan measured faster for it."""
+    """Forward with one plan, backward with another (which reloads the input then): each
+    direction with the plan measured faster for it.
 
-    def __init__(self, forward_plan, backward_plan):
-        self.fwd, self.bwd = forward_plan, backward_plan
+    With ``reuse``, a layer whose backward will run (``backward_expected``, which the net sets
+    from its backward sweep) takes the backward plan's own forward, whose columns that backward
+    then reuses; only forward-only layers (deploy nets, test nets without a loss) take the
+    forward plan."""
+
+    def __init__(self, forward_plan, backward_plan, reuse: bool = False):
+        self.fwd, self.bwd, self.reuse = forward_plan, backward_plan, reuse
+
+    def _own_forward(self) -> bool:
+        return self.reuse and self.backward_expected
 
     def forward(self, x, w2, y, bias=None) -> None:
-        self.fwd.forward(x, w2, y, bias)
+        (self.bwd if self._own_forward() else self.fwd).forward(x, w2, y, bias)
 
     def backward(self, w2, dy, dw=None, dx=None, db=None, x=None, x_loaded=False) -> None:
-        self.bwd.backward(w2, dy, dw=dw, dx=dx, db=db, x=x, x_loaded=False)
+        loaded = x_loaded and self._own_forward()
+        self.bwd.backward(w2, dy, dw=dw, dx=dx, db=db, x=x, x_loaded=loaded)
 
     def data_gradient(self, w2, dy, dx, bias=None) -> None:
         self.bwd.data_gradient(w2, dy, dx, bias)
+
+
+class Conv2dShiftPlan(ConvPlan):
+    """Forward only: a stride-1 2-D convolution as ``kh * kw`` accumulating GEMMs over shifted
+    views of the input, with no column matrix at all.
+
+    The input is copied once into a zero-padded batch-innermost buffer (C, Hp, Wp, N), flat as
+    (C, Hp * Wp * N) plus a zero tail. The output is computed "wide", at all Wp positions of
+    each output row (the last Wp - W_out are thrown away); then for every wide output position
+    the input under kernel offset (i, j) lies ``(i * dh * Wp + j * dw) * N`` values further on,
+    so the columns of that offset are one strided view of the buffer. Each group's top is
+    ``sum over offsets W[:, :, i, j] (O/G, C/G) @ view (C/G, H_out * Wp * N)``, accumulated by
+    BLAS (``beta = 1``) in a (O/G, H_out * Wp * N) buffer, whose valid columns are then
+    transposed into the NCHW top with the bias added in the same pass.
+
+    No im2col copy (kh * kw times the input), but the accumulator is read and written kh * kw
+    times, the GEMMs have only K = C/G, and the wide rows waste (Wp - W_out) / W_out of the
+    work: measured faster where the accumulator stays in cache (:meth:`suits`). Side by side
+    with the plans it replaces (2 threads, forward, several runs): CaffeNet's conv4 and conv5
+    at batch 10 0.73-0.85x and 0.65-0.84x the time, GoogLeNet's 5x5 branch on 28x28 (16 -> 32
+    channels) 0.5-0.78x, VGG-16's 28x28 layers at batch 2 0.69-0.94x, 3x3 layers on 13x13 and
+    14x14 0.93-1.02x. Kept out by :meth:`suits`: layers on 7x7 (wide rows 29 % longer) up to
+    1.4x slower, large maps (accumulator past the cache) up to 2.4x, batch 1-2 on 14x14 1.2-1.8x.
+    cifar10_quick's conv2 (wide rows 25 % longer) would take 0.5-0.74x, but its training runs
+    the frequency-domain plan. Splitting a group's output channels into blocks whose
+    accumulators fit (CaffeNet's conv3) was measured slower (1.15x).
+    """
+
+    def __init__(self, xp, dtype, num, channels, num_output, geom, group):
+        self.xp, self.dtype = xp, np.dtype(dtype)
+        self.n, self.c, self.o, self.geom, self.g = num, channels, num_output, geom, group
+        (self.h, self.w), (self.ho, self.wo) = geom.in_size, geom.out_size
+        (kh, kw), (dh, dw) = geom.kernel, geom.dilation
+        hp, self.wp = geom.padded_size
+        self.og, self.cg = num_output // group, channels // group
+        self.wide = self.ho * self.wp * num
+        # the view of the last kernel offset ends (kw - 1) * dw * N values past the buffer
+        self.xflat = xp.zeros((channels, hp * self.wp * num + (kw - 1) * dw * num), dtype)
+        self.xb = self.xflat[:, : hp * self.wp * num].reshape(channels, hp, self.wp, num)
+        self.acc = xp.empty((self.og, self.wide), dtype)
+        self.wr = xp.empty((kh * kw, group, self.og, self.cg), dtype)
+        self.offsets = [(i * dh * self.wp + j * dw) * num for i in range(kh) for j in range(kw)]
+
+    @staticmethod
+    def suits(xp, dtype, num, channels, num_output, geom, group) -> bool:
+        """Whether this plan is the faster forward for the layer: on NumPy with the cblas
+        GEMM, stride 1, several kernel offsets, at least SHIFT_MIN_CHANNELS input channels per
+        group, wide rows at most SHIFT_MAX_WASTE (20 %) longer than the output rows, at least
+        SHIFT_MIN_WIDE wide output positions over the batch (with fewer, each offset's GEMM
+        mostly reads its weights: VGG's 14x14 layers at batch 1-2 1.2-1.8x slower) and each
+        group's accumulator at most SHIFT_MAX_OUT values."""
+        if len(geom.kernel) != 2 or geom.stride != (1, 1) or geom.kernel_count < 2:
+            return False
+        ho, wo = geom.out_size
+        wp = geom.padded_size[1]
+        return (
+            xp is np
+            and channels // group >= SHIFT_MIN_CHANNELS
+            and wp <= (1 + SHIFT_MAX_WASTE) * wo
+            and ho * wp * num >= SHIFT_MIN_WIDE
+            and num_output // group * ho * wp * num <= SHIFT_MAX_OUT
+            and blas.available(dtype)
+        )
+
+    def forward(self, x, w2, y, bias=None) -> None:
+        (ph, pw), g, cg = self.geom.pad, self.g, self.cg
+        copy_slabs(self.xb[:, ph : ph + self.h, pw : pw + self.w, :], x.transpose(1, 2, 3, 0), 0)
+        k = self.geom.kernel_count
+        self.wr[...] = w2.reshape(g, self.og, cg, k).transpose(3, 0, 1, 2)
+        span = self.wide
+        og, acc = self.og, self.acc
+        for gi in range(g):
+            xg = self.xflat[gi * cg : (gi + 1) * cg]
+            for q, off in enumerate(self.offsets):
+                blas.gemm(self.wr[q, gi], xg[:, off : off + span], acc, beta=float(q > 0))
+            src = acc.reshape(og, self.ho, self.wp, self.n)[:, :, : self.wo].transpose(3, 0, 1, 2)
+            out = y[:, gi * og : (gi + 1) * og]
+            if bias is None:
+                np.copyto(out, src)
+            else:
+                np.add(src, bias[gi * og : (gi + 1) * og].reshape(1, -1, 1, 1), out=out)
+
+    def backward(self, w2, dy, dw=None, dx=None, db=None, x=None, x_loaded=False) -> None:
+        raise NotImplementedError("Conv2dShiftPlan is forward-only (see Conv2dHybridPlan)")
+
+    def data_gradient(self, w2, dy, dx, bias=None) -> None:
+        raise NotImplementedError("Conv2dShiftPlan is forward-only (see Conv2dHybridPlan)")
 
 
 CONV_LAYOUT = os.environ.get("MINICAFFE_CONV_LAYOUT", "auto")
@@ -1176,7 +1284,11 @@ def make_conv_plan(
     28x28 layers of 2-4 groups 0.77x); those layers run as one batch-innermost tile (one
     GEMM each way, the forward's columns reused by the weight gradient) when their whole-batch
     columns fit WHOLE_ELEMS (LeNet conv2: 1.5-2x faster forward + backward than the hybrid).
-    MINICAFFE_CONV_LAYOUT=nchw|chwn|hybrid forces one.
+    Stride-1 layers that :meth:`Conv2dShiftPlan.suits` take the shifted-view forward: always in
+    place of the direct forward of a hybrid (its backward never reused those columns), and in
+    place of a plan whose backward reuses its forward's columns only when no backward is
+    expected (forward-only nets). MINICAFFE_CONV_LAYOUT=nchw|chwn|hybrid forces one (without the
+    shifted-view forward); MINICAFFE_SHIFT_MAX_OUT=0 turns that forward off.
     """
     if geom.is_1x1 and not force_nd:
         return Conv1x1Plan(xp, dtype, num, channels, num_output, geom, group)
@@ -1191,12 +1303,15 @@ def make_conv_plan(
             and math.prod(geom.out_size) <= 1024
         )
         whole = channels * geom.kernel_count * math.prod(geom.out_size) * num
+        shift = CONV_LAYOUT == "auto" and Conv2dShiftPlan.suits(*args)
         if CONV_LAYOUT == "auto" and xp is np and tiled_backward and whole <= WHOLE_ELEMS:
-            return Conv2dPlan(*args, tile_elems=whole)
-        direct = Conv2dDirectPlan(*args)
+            plan = Conv2dPlan(*args, tile_elems=whole)
+            return Conv2dHybridPlan(Conv2dShiftPlan(*args), plan, reuse=True) if shift else plan
         if CONV_LAYOUT == "nchw" or (CONV_LAYOUT == "auto" and not tiled_backward):
-            return direct
-        return Conv2dHybridPlan(direct, Conv2dPlan(*args))
+            direct = Conv2dDirectPlan(*args)
+            return Conv2dHybridPlan(Conv2dShiftPlan(*args), direct, reuse=True) if shift else direct
+        forward = Conv2dShiftPlan(*args) if shift else Conv2dDirectPlan(*args)
+        return Conv2dHybridPlan(forward, Conv2dPlan(*args))
     return ConvPlan(xp, dtype, num, channels, num_output, geom, group)
 
 

@@ -43,6 +43,9 @@ class Layer:
     is_loss: ClassVar[bool] = False
     # Layers that need host (NumPy) arrays whatever the net's device (Python layers, writers).
     host_only: ClassVar[bool] = False
+    # Whether a backward will follow the forward (a net sets it from its backward sweep), so
+    # that the forward may keep what the backward would reuse; True for layers run on their own.
+    backward_expected: bool = True
 
     def __init__(
         self,

@@ -422,6 +422,8 @@ class Net:
                 for bi in range(len(need)):
                     need[bi] = need[bi] or layer.allow_force_backward(bi)
                 layer.param_propagate_down = [True] * len(layer.blobs)
+        for layer, need in zip(self.layers, self.layer_need_backward):
+            layer.backward_expected = need
 
     # ------------------------------------------------------------------ running
     def _layer_index(self, name: str) -> int:

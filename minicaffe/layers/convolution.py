@@ -242,6 +242,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
         if self.chwn:
             return self._forward_chwn(bottom, top, w2, bias)
         for plan, b, t in zip(self.plans, bottom, top):
+            plan.backward_expected = self.backward_expected
             plan.forward(b.data.reshape(self._in), w2, t.data.reshape(self._out), bias)
 
     def _forward_chwn(self, bottom, top, w2, bias):

@@ -25,12 +25,23 @@ CASES = [
 ]
 
 
-@pytest.fixture(params=["auto", "nchw", "nchw-rows", "chwn", "hybrid"])
+@pytest.fixture(params=["auto", "auto-shift", "nchw", "nchw-rows", "chwn", "hybrid"])
 def layout(request, monkeypatch):
     """Run with the automatic plan choice and with each 2-D plan forced, tiles of ~300 values
     (many row/image tiles); "nchw-rows": the direct plan's kernel-row forward wherever its
-    geometry allows (vertical stride 1), at any size."""
+    geometry allows (vertical stride 1), at any size; "auto-shift": the shifted-view forward
+    for every stride-1 2-D layer, as in a forward-only net (the backward then rebuilds what it
+    needs)."""
     monkeypatch.setattr(functional, "CONV_LAYOUT", request.param.split("-")[0])
+    if request.param == "auto-shift":
+        from minicaffe.layer import Layer
+
+        monkeypatch.setattr(functional, "SHIFT_MIN_CHANNELS", 1)
+        monkeypatch.setattr(functional, "SHIFT_MAX_WASTE", 1e9)
+        monkeypatch.setattr(functional, "SHIFT_MAX_OUT", 1 << 62)
+        monkeypatch.setattr(functional, "SHIFT_MIN_WIDE", 0)
+        monkeypatch.setattr(Layer, "backward_expected", False)
+        return request.param
     if request.param == "nchw-rows":
         monkeypatch.setattr(functional, "WHOLE_ELEMS", 0)
         monkeypatch.setattr(functional, "ROWS_MIN_MACS", 1)
@@ -265,13 +276,25 @@ def test_plan_choice():
     assert isinstance(hybrid.bwd, functional.Conv2dPlan)
     caffenet2 = plan(10, 96, 256, 27, pad=2, group=2)  # forward by kernel rows
     assert isinstance(caffenet2, functional.Conv2dDirectPlan) and caffenet2.rows
-    # 13x13, grouped: no kernel rows, so the forward takes whole-kernel columns and the
-    # backward the batch-innermost plan
+    # 13x13, grouped: the forward by shifted views (its accumulator fits), the backward the
+    # batch-innermost plan
     caffenet4 = plan(10, 384, 384, 13, k=3, pad=1, group=2)
-    assert isinstance(caffenet4, functional.Conv2dHybridPlan) and not caffenet4.fwd.rows
+    assert isinstance(caffenet4, functional.Conv2dHybridPlan) and not caffenet4.reuse
+    assert isinstance(caffenet4.fwd, functional.Conv2dShiftPlan)
     assert isinstance(caffenet4.bwd, functional.Conv2dPlan)
-    grouped = plan(8, 256, 256, 14, k=3, pad=1, group=2)  # whole-batch columns fit
-    assert isinstance(grouped, functional.Conv2dPlan) and len(grouped.tiles) == 1
+    # CaffeNet conv3: the accumulator (384 x 13 x 15 x 10) is past SHIFT_MAX_OUT
+    assert isinstance(plan(10, 256, 384, 13, k=3, pad=1), functional.Conv2dPlan)
+    # whole-batch columns fit: the forward by shifted views only when no backward follows
+    grouped = plan(8, 256, 256, 14, k=3, pad=1, group=2)
+    assert isinstance(grouped, functional.Conv2dHybridPlan) and grouped.reuse
+    assert isinstance(grouped.fwd, functional.Conv2dShiftPlan)
+    assert isinstance(grouped.bwd, functional.Conv2dPlan) and len(grouped.bwd.tiles) == 1
+    # wide rows 29 % longer than 7x7 outputs; few wide positions (batch 1); too few channels
+    # per group; strided
+    assert isinstance(plan(10, 192, 384, 7, k=3, pad=1), functional.Conv2dPlan)
+    assert isinstance(plan(1, 256, 256, 14, k=3, pad=1), functional.Conv2dPlan)
+    assert not isinstance(plan(10, 8, 16, 28, k=3, pad=1), functional.Conv2dHybridPlan)
+    assert isinstance(plan(10, 64, 64, 28, k=3, pad=1, stride=2), functional.Conv2dDirectPlan)
     assert isinstance(plan(10, 3, 96, 227, k=11, stride=4), functional.Conv2dDirectPlan)
     assert isinstance(plan(2, 8, 4, 7, k=1), functional.Conv1x1Plan)
 
@@ -416,3 +439,109 @@ def test_one_of_pad_h_and_pad_w_leaves_the_other_zero(pads, expect):
         for j in range(ref.shape[3]):
             ref[0, :, i, j] = np.tensordot(w, xp[0, :, i:i + 3, j:j + 3], axes=3) + b
     np.testing.assert_allclose(top[0].data, ref, rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "geom_args, group, size",
+    [
+        (((3, 3), (1, 1), (1, 1), (1, 1)), 1, (7, 7)),  # "same" 3x3
+        (((5, 3), (1, 1), (2, 0), (1, 1)), 2, (9, 8)),  # rectangular, one-sided padding
+        (((3, 3), (1, 1), (2, 2), (2, 2)), 1, (6, 9)),  # dilation
+        (((2, 3), (1, 1), (0, 1), (1, 3)), 2, (5, 10)),  # horizontal dilation
+    ],
+)
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+def test_shift_plan_matches_direct_convolution(geom_args, group, size, dtype, tol):
+    """The shifted-view forward against the loop reference, twice with other data and other
+    weights (no buffer may keep the last call's input or weights), with and without a bias."""
+    rng = np.random.default_rng(11)
+    n, c, o = 3, 4, 6
+    geom = functional.ConvGeometry(*geom_args, size)
+    plan = functional.Conv2dShiftPlan(np, dtype, n, c, o, geom, group)
+    for bias in (rng.standard_normal(o), None):
+        x = rng.standard_normal((n, c) + size)
+        w = rng.standard_normal((o, c // group) + geom.kernel)
+        y = np.full((n, o) + geom.out_size, np.nan, dtype)
+        plan.forward(x.astype(dtype), w.reshape(o, -1).astype(dtype), y,
+                     None if bias is None else bias.astype(dtype))
+        ref = reference_conv(x, w, bias, geom.stride, geom.pad, geom.dilation, group)
+        np.testing.assert_allclose(y, ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("whole", [True, False])  # the batch-innermost plan, the direct one
+def test_forward_only_layers_take_the_shift_plan_and_gradients_stay_right(whole, monkeypatch):
+    """A plan with ``reuse`` runs its backward plan's forward while a backward is expected, the
+    shifted-view forward otherwise; either way the backward (told the input is the forward's)
+    gives the same gradients, since it does not reuse columns the shift forward never built."""
+    monkeypatch.setattr(functional, "SHIFT_MIN_CHANNELS", 1)
+    monkeypatch.setattr(functional, "SHIFT_MAX_WASTE", 1.0)
+    monkeypatch.setattr(functional, "SHIFT_MIN_WIDE", 0)
+    if not whole:
+        monkeypatch.setattr(functional, "TILE_ELEMS", 200)
+    rng = np.random.default_rng(5)
+    n, c, o = (3, 6, 4) if whole else (2, 2, 3)
+    geom = functional.ConvGeometry((3, 3), (1, 1), (1, 1), (1, 1), (6, 6) if whole else (40, 40))
+    plan = functional.make_conv_plan(np, np.float64, n, c, o, geom, 1)
+    assert isinstance(plan, functional.Conv2dHybridPlan) and plan.reuse
+    assert isinstance(plan.fwd, functional.Conv2dShiftPlan)
+    inner = functional.Conv2dPlan if whole else functional.Conv2dDirectPlan
+    assert isinstance(plan.bwd, inner)
+    w2 = rng.standard_normal((o, c * 9))
+    b = rng.standard_normal(o)
+    calls = []
+    for name in ("fwd", "bwd"):
+        part = getattr(plan, name)
+        monkeypatch.setattr(part, "forward",
+                            lambda *a, _f=part.forward, _n=name: (calls.append(_n), _f(*a)))
+    results = []
+    for expected in (True, False, True):
+        x0, x = rng.standard_normal((2, n, c, 6 if whole else 40, 6 if whole else 40))
+        dy = rng.standard_normal((n, o) + geom.out_size)
+        plan.backward_expected = expected
+        y = np.empty((n, o) + geom.out_size)
+        plan.forward(x0, w2, y, b)  # earlier columns: must not be taken for x's
+        plan.forward(x, w2, y, b)
+        dw, dx = np.zeros_like(w2), np.empty_like(x)
+        plan.backward(w2, dy, dw=dw, dx=dx, x=x, x_loaded=True)
+        w4 = w2.reshape(o, c, 3, 3)
+        np.testing.assert_allclose(y, reference_conv(x, w4, b, (1, 1), (1, 1), (1, 1), 1),
+                                   rtol=1e-12, atol=1e-12)
+        results.append((dw, dx, x, dy))
+    assert calls == ["bwd", "bwd", "fwd", "fwd", "bwd", "bwd"]
+    ref_plan = functional.ConvPlan(np, np.float64, n, c, o, geom, 1)
+    for dw, dx, x, dy in results:
+        rdw, rdx = np.zeros_like(w2), np.empty_like(x)
+        ref_plan.backward(w2, dy, dw=rdw, dx=rdx, x=x)
+        np.testing.assert_allclose(dw, rdw, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(dx, rdx, rtol=1e-10, atol=1e-10)
+
+
+def test_net_tells_layers_whether_a_backward_follows():
+    """Deploy nets (no loss) run every layer forward-only; a net with a loss expects the
+    backward of the layers under it."""
+    from google.protobuf import text_format
+
+    import minicaffe
+    from minicaffe.proto import caffe_pb2
+
+    text = """
+    input: "data" input_shape { dim: 9 dim: 16 dim: 10 dim: 10 }
+    layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+            convolution_param { num_output: 16 kernel_size: 3 pad: 1 } }
+    layer { name: "flat" type: "Flatten" bottom: "conv" top: "flat" }
+    layer { name: "ip" type: "InnerProduct" bottom: "flat" top: "ip"
+            inner_product_param { num_output: 3 } }
+    """
+    loss = """
+    input: "label" input_shape { dim: 9 }
+    layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+    """
+    for body, expected in ((text, False), (text + loss, True)):
+        param = text_format.Merge(body, caffe_pb2.NetParameter())
+        net = minicaffe.Net(param, minicaffe.TEST)
+        conv = net.layers[net._layer_names.index("conv")]
+        assert conv.backward_expected is expected
+        net.blobs["data"].data[...] = np.random.default_rng(0).standard_normal((9, 16, 10, 10))
+        net.forward()
+        assert [type(p).__name__ for p in conv.plans] == ["Conv2dHybridPlan"]
+        assert conv.plans[0].backward_expected is expected
