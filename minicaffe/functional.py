@@ -539,6 +539,13 @@ def copy_slabs(dst, src, axis: int, slab_elems: int = 1 << 16) -> None:
     parallel(run, len(starts), dst.size, dynamic=True)
 
 
+def load_padded_chwn(xb, x, pad) -> None:
+    """Copy the (N, C, H, W) input ``x`` into the interior of the zero-padded batch-innermost
+    buffer ``xb`` (C, H + 2 ph, W + 2 pw, N); the border is left as it is (zeros)."""
+    (ph, pw), (h, w) = pad, x.shape[2:]
+    copy_slabs(xb[:, ph : ph + h, pw : pw + w, :], x.transpose(1, 2, 3, 0), 0)
+
+
 class _Tiled(ConvPlan):
     """Shared machinery of the 2-D plans: per-thread scratch and tiles run on threads."""
 
@@ -628,8 +635,7 @@ class Conv2dPlan(_Tiled):
 
     def load(self, x) -> None:
         """Copy the (N, C, H, W) input into the padded batch-innermost buffer."""
-        ph, pw = self.geom.pad
-        copy_slabs(self.xb[:, ph : ph + self.h, pw : pw + self.w, :], x.transpose(1, 2, 3, 0), 0)
+        load_padded_chwn(self.xb, x, self.geom.pad)
         self._loaded = True
 
     def _tile_col(self, sc, h0, h1):
@@ -1208,7 +1214,7 @@ class Conv2dShiftPlan(ConvPlan):
     def __init__(self, xp, dtype, num, channels, num_output, geom, group):
         self.xp, self.dtype = xp, np.dtype(dtype)
         self.n, self.c, self.o, self.geom, self.g = num, channels, num_output, geom, group
-        (self.h, self.w), (self.ho, self.wo) = geom.in_size, geom.out_size
+        self.ho, self.wo = geom.out_size
         (kh, kw), (dh, dw) = geom.kernel, geom.dilation
         hp, self.wp = geom.padded_size
         self.og, self.cg = num_output // group, channels // group
@@ -1242,8 +1248,8 @@ class Conv2dShiftPlan(ConvPlan):
         )
 
     def forward(self, x, w2, y, bias=None) -> None:
-        (ph, pw), g, cg = self.geom.pad, self.g, self.cg
-        copy_slabs(self.xb[:, ph : ph + self.h, pw : pw + self.w, :], x.transpose(1, 2, 3, 0), 0)
+        g, cg = self.g, self.cg
+        load_padded_chwn(self.xb, x, self.geom.pad)
         k = self.geom.kernel_count
         self.wr[...] = w2.reshape(g, self.og, cg, k).transpose(3, 0, 1, 2)
         span = self.wide
